@@ -1,0 +1,54 @@
+"""lungseg: chest CT to lung / nodule segmentation models, predictions, metrics and a report.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
+Modules are imported lazily so that ``lungseg --help`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lungseg import __version__
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-cohort": ("lungseg.demo.cli", "write a synthetic chest CT cohort as real DICOM series + NIfTI labels"),
+    "ingest": ("lungseg.ingest.cli", "read one DICOM series (+ label masks) into a per-case HDF5 file"),
+    "lung-mask": ("lungseg.lungmask.cli", "classical lung-parenchyma mask of an ingested case"),
+    "split": ("lungseg.split", "patient-level train/val/test split, reproducible by seed"),
+    "train": ("lungseg.training.cli", "train a segmentation model (run under torchrun for DDP)"),
+    "predict": ("lungseg.inference.cli", "predict masks for ingested cases, written in the scan's geometry"),
+    "evaluate": ("lungseg.evaluation.cli", "per-case overlap metrics of a predicted mask against the reference"),
+    "aggregate": ("lungseg.evaluation.aggregate", "collect per-case metrics into a CSV table and a JSON summary"),
+    "plot-training": ("lungseg.report.training_curves", "plot training curves from the per-epoch metrics CSV"),
+    "plot-overlay": ("lungseg.report.overlay", "montage of axial slices: reference green, prediction red, agreement yellow"),
+}
+
+
+def build_parser(with_subcommands: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lungseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"lungseg {name}", description=help_text)
+    module.configure(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
