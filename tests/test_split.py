@@ -1,0 +1,41 @@
+import pytest
+
+from lungseg.split import assign_splits, read_split, split_counts, write_split
+
+
+def test_counts_80_10_10():
+    assert split_counts(10, [0.8, 0.1, 0.1]) == (8, 1, 1)
+    assert split_counts(8, [0.8, 0.1, 0.1]) == (6, 1, 1)
+    assert split_counts(3, [0.8, 0.1, 0.1]) == (1, 1, 1)
+    assert split_counts(2, [0.8, 0.1, 0.1]) == (2, 0, 0)
+    assert split_counts(100, [0.7, 0.2, 0.1]) == (70, 20, 10)
+
+
+@pytest.mark.parametrize("fractions", [[0.5, 0.5], [0.8, 0.1, 0.2], [1.2, -0.1, -0.1]])
+def test_bad_fractions(fractions):
+    with pytest.raises(ValueError, match="fractions"):
+        split_counts(10, fractions)
+
+
+def test_no_patient_in_two_splits_and_reproducible():
+    # 40 patients with 1-3 cases each
+    cases = {f"c{i:03d}": f"p{i % 40:02d}" for i in range(90)}
+    a = assign_splits(cases, [0.8, 0.1, 0.1], seed=7)
+    b = assign_splits(cases, [0.8, 0.1, 0.1], seed=7)
+    c = assign_splits(cases, [0.8, 0.1, 0.1], seed=8)
+    assert a == b
+    assert a != c
+    patient_splits = {}
+    for case, split in a.items():
+        patient_splits.setdefault(cases[case], set()).add(split)
+    assert all(len(s) == 1 for s in patient_splits.values())
+    per_split = {s: {cases[c] for c in a if a[c] == s} for s in ("train", "val", "test")}
+    assert [len(per_split[s]) for s in ("train", "val", "test")] == [32, 4, 4]
+
+
+def test_split_file_round_trip(tmp_path):
+    cases = {"a": "p1", "b": "p2", "c": "p3", "d": "p1"}
+    splits = assign_splits(cases, [0.8, 0.1, 0.1], seed=0)
+    write_split(tmp_path / "split.tsv", cases, splits)
+    assert read_split(tmp_path / "split.tsv") == splits
+    assert splits["a"] == splits["d"]
