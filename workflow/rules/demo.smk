@@ -1,0 +1,20 @@
+# The synthetic demo cohort: one job per case, deterministic from the seed.
+
+
+rule demo_case:
+    output:
+        dicom=directory(f"{config['demo']['folder']}/{{case}}/dicom"),
+        lung=f"{config['demo']['folder']}/{{case}}/labels/lung.nii.gz",
+        nodule=f"{config['demo']['folder']}/{{case}}/labels/nodule.nii.gz",
+    params:
+        root=config["demo"]["folder"],
+        seed=config["demo"]["seed"],
+        slices=config["demo"]["slices"],
+        size=config["demo"]["size"],
+    log:
+        "logs/demo_case/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/demo_case/{{case}}.tsv"
+    shell:
+        "lungseg demo-cohort --out {params.root} --case {wildcards.case} --seed {params.seed}"
+        " --slices {params.slices} --size {params.size} > {log} 2>&1"

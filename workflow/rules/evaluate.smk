@@ -1,0 +1,34 @@
+# Per-case metrics (model, baselines) and their aggregation.
+
+
+rule evaluate:
+    input:
+        unpack(predictions_to_evaluate),
+        case=f"{RESULTS}/ingest/{{case}}.h5",
+    output:
+        f"{RESULTS}/metrics/cases/{{case}}.json",
+    params:
+        label=LABEL,
+        preds=lambda wildcards, input: " ".join(f"--pred {k}={v}" for k, v in input.items() if k != "case"),
+    log:
+        "logs/evaluate/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{case}}.tsv"
+    shell:
+        "lungseg evaluate --case {input.case} --label {params.label} {params.preds} -o {output} > {log} 2>&1"
+
+
+rule aggregate:
+    input:
+        expand(f"{RESULTS}/metrics/cases/{{case}}.json", case=cases_in("test")),
+    output:
+        csv=report(
+            f"{RESULTS}/metrics/metrics.csv",
+            caption="../report/metrics.rst",
+            category="Evaluation",
+        ),
+        json=f"{RESULTS}/metrics/summary.json",
+    log:
+        "logs/aggregate/aggregate.log",
+    shell:
+        "lungseg aggregate {input} --csv {output.csv} --json {output.json} > {log} 2>&1"

@@ -1,0 +1,16 @@
+# DICOM series (+ label masks) -> per-case HDF5 (HU volume, labels, geometry).
+
+
+rule ingest:
+    input:
+        unpack(ingest_inputs),
+    output:
+        f"{RESULTS}/ingest/{{case}}.h5",
+    params:
+        labels=label_args,
+    log:
+        "logs/ingest/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ingest/{{case}}.tsv"
+    shell:
+        "lungseg ingest {input.dicom} --case-id {wildcards.case} {params.labels} -o {output} > {log} 2>&1"
