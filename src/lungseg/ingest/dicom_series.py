@@ -21,6 +21,8 @@ AIR_HU = -1024
 MAX_HU = 3071
 #: relative tolerance on slice spacing before a series counts as non-uniform
 SPACING_TOLERANCE = 0.01
+#: files that live beside DICOM series in archives (annotations, notes, labels) and are not slices
+NON_DICOM_SUFFIXES = (".xml", ".txt", ".csv", ".tsv", ".json", ".md", ".nii", ".gz", ".nrrd", ".mha", ".mhd", ".raw")
 
 
 @dataclass
@@ -32,11 +34,14 @@ class SeriesVolume:
 
 
 def list_dicom_files(folder: Path) -> list[Path]:
-    """All regular files below ``folder`` that are not hidden (DICOM files often lack an extension)."""
+    """Regular, non-hidden files below ``folder``, less known non-DICOM kinds (DICOM files often lack an extension)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise IngestError(folder, "is not a folder", "point the case at the folder holding the series' DICOM files")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and not p.name.lower().endswith(NON_DICOM_SUFFIXES)
+    )
     if not files:
         raise IngestError(folder, "contains no files", "check the path in the case sheet")
     return files
