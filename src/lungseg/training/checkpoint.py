@@ -1,0 +1,100 @@
+"""Training checkpoints and the model file (``model.pt``), all loadable with ``weights_only=True``.
+
+Model file format (only primitives and tensors)::
+
+    {"format": "lungseg-model", "arch": str, "model_kwargs": dict, "label": str, "image_size": int,
+     "hu_window": [lo, hi], "epoch": int, "val_dice": float, "state_dict": {name: tensor}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lungseg.atomic import atomic_path
+from lungseg.training.models import build_model
+
+MODEL_FORMAT = "lungseg-model"
+CHECKPOINT_FORMAT = "lungseg-checkpoint"
+META_KEYS = ("arch", "model_kwargs", "label", "image_size", "hu_window", "epoch", "val_dice")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a file written by :func:`save_checkpoint` with ``weights_only=True`` (no arbitrary code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt file, pickle with disallowed types, ...
+        raise ValueError(f"cannot read {path} as a lungseg checkpoint/model file: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a dict (got {type(state).__name__}); not a lungseg file")
+    return state
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as detached CPU tensors (unwraps DDP)."""
+    model = getattr(model, "module", model)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def model_file_state(
+    model: nn.Module,
+    *,
+    arch: str,
+    model_kwargs: dict[str, Any],
+    label: str,
+    image_size: int,
+    hu_window: tuple[float, float] | list[float],
+    epoch: int,
+    val_dice: float,
+) -> dict[str, Any]:
+    """The ``model.pt`` dictionary for ``model`` (see the module docstring)."""
+    return {
+        "format": MODEL_FORMAT,
+        "arch": str(arch),
+        "model_kwargs": dict(model_kwargs),
+        "label": str(label),
+        "image_size": int(image_size),
+        "hu_window": [float(hu_window[0]), float(hu_window[1])],
+        "epoch": int(epoch),
+        "val_dice": float(val_dice),
+        "state_dict": cpu_state_dict(model),
+    }
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored in a ``model.pt``; returns ``(model in eval mode, metadata)``."""
+    state = load_checkpoint(path, map_location=map_location)
+    if state.get("format") != MODEL_FORMAT:
+        hint = (
+            " (this is a training checkpoint; pass the model.pt written next to it)"
+            if state.get("format") == CHECKPOINT_FORMAT
+            else ""
+        )
+        raise ValueError(f"{path} is not a lungseg model file (format={state.get('format')!r}){hint}")
+    missing = [k for k in (*META_KEYS, "state_dict") if k not in state]
+    if missing:
+        raise ValueError(f"{path}: lungseg model file lacks {', '.join(missing)}; re-train with this lungseg version")
+    try:
+        model = build_model(state["arch"], **state["model_kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot build architecture {state['arch']!r} with {state['model_kwargs']}: {exc}") from exc
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match architecture {state['arch']!r} {state['model_kwargs']}: {exc}") from exc
+    model.to(map_location).eval()
+    meta = {k: state[k] for k in META_KEYS}
+    meta["hu_window"] = (float(meta["hu_window"][0]), float(meta["hu_window"][1]))
+    return model, meta
