@@ -61,3 +61,10 @@ def test_summary_skips_and_counts_nan():
     s = summarise(rows)["m"]["metrics"]
     assert s["dice"]["mean"] == pytest.approx(0.5) and s["dice"]["n"] == 2
     assert s["hd95_mm"]["n"] == 1 and s["hd95_mm"]["n_undefined"] == 1
+
+
+def test_hd95_of_masks_filling_the_image():
+    full = np.ones((20, 40, 48), np.uint8)
+    m = segmentation_metrics(full, _cube(), GEOM)
+    assert np.isfinite(m["hd95_mm"]) and m["hd95_mm"] > 0
+    assert segmentation_metrics(full, full, GEOM)["hd95_mm"] == 0.0

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from lungseg import __version__
+from lungseg.ingest.errors import IngestError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"lungseg {name}", description=help_text)
     module.configure(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except IngestError as exc:  # bad input: one clear line naming the file and the fix, no traceback
+        print(f"lungseg {name}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def _surface_distances(from_surface: sitk.Image, to_surface: sitk.Image) -> np.n
 
 def hd95(pred: sitk.Image, ref: sitk.Image) -> float:
     """95th-percentile symmetric Hausdorff distance (mm) between two non-empty binary masks."""
+    # pad with background so that masks touching the image border still have a surface there
+    pred, ref = (sitk.ConstantPad(m, (1, 1, 1), (1, 1, 1), 0) for m in (pred, ref))
     pred_surface, ref_surface = sitk.LabelContour(pred), sitk.LabelContour(ref)
     d_pred = _surface_distances(pred_surface, ref_surface)
     d_ref = _surface_distances(ref_surface, pred_surface)

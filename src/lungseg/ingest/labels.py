@@ -1,7 +1,8 @@
 """Label masks (NIfTI / NRRD / MHA ...) resampled onto a scan's grid in physical space.
 
 Resampling goes through SimpleITK with nearest-neighbour interpolation, so a mask stored with
-flipped or permuted axes relative to the DICOM rows still lands on the right voxels.
+flipped or permuted axes relative to the DICOM rows still lands on the right voxels. An all-zero mask
+is accepted (a case without nodules); a mask whose labelled voxels all fall outside the scan is not.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def load_label_on_grid(path: Path, geometry: Geometry, shape: tuple[int, int, in
     reference = geometry.to_sitk(np.zeros(shape, dtype=np.uint8))
     resampled = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     array = sitk.GetArrayFromImage(resampled)
-    if not array.any():
-        raise IngestError(path, "is empty on the scan's grid (no labelled voxel falls inside the scan)", "check that the mask belongs to this scan")
+    # an all-zero mask is a valid negative case (no nodule); labelled voxels that all miss the scan are not
+    if not array.any() and sitk.GetArrayViewFromImage(label).any():
+        raise IngestError(path, "has labelled voxels, but none falls inside the scan", "check that the mask belongs to this scan")
     return array
