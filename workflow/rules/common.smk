@@ -7,7 +7,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from lungseg.demo.cohort import demo_case_ids
+from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
+from lungseg.ingest.dicom_series import list_dicom_files
 from lungseg.split import assign_splits
 
 min_version("8.10")
@@ -57,6 +58,7 @@ def _case_table():
 
 
 CASES = _case_table()
+DEMO_DICOM_NAMES = demo_dicom_names(config["demo"]["seed"], config["demo"]["slices"]) if config["source"] == "demo" else []
 SPLITS = assign_splits(
     {c: row["patient_id"] for c, row in CASES.items()},
     config["split"]["fractions"],
@@ -72,10 +74,18 @@ def case_file(case):
     return f"{RESULTS}/ingest/{case}.h5"
 
 
+def dicom_files(case):
+    """Every slice file of a case's series: listed as inputs so that changing one reruns that case only."""
+    folder = CASES[case]["dicom"]
+    if config["source"] == "demo":
+        return [f"{folder}/{name}" for name in DEMO_DICOM_NAMES]
+    return [str(p) for p in list_dicom_files(Path(folder))]
+
+
 def ingest_inputs(wildcards):
-    """The scan folder and its label masks (label_<name> columns) for one case."""
+    """The series' slice files and the label masks (label_<name> columns) of one case."""
     row = CASES[wildcards.case]
-    inputs = {"dicom": row["dicom"]}
+    inputs = {"dicom": dicom_files(wildcards.case)}
     inputs.update({k: v for k, v in row.items() if k.startswith("label_") and v})
     return inputs
 

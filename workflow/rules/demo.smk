@@ -3,11 +3,11 @@
 
 rule demo_case:
     output:
-        dicom=directory(f"{config['demo']['folder']}/{{case}}/dicom"),
+        dicom=[f"{config['demo']['folder']}/{{case}}/dicom/{name}" for name in DEMO_DICOM_NAMES],
         lung=f"{config['demo']['folder']}/{{case}}/labels/lung.nii.gz",
         nodule=f"{config['demo']['folder']}/{{case}}/labels/nodule.nii.gz",
     params:
-        root=config["demo"]["folder"],
+        root=lambda wildcards, output: Path(output.lung).parents[2],
         seed=config["demo"]["seed"],
         slices=config["demo"]["slices"],
         size=config["demo"]["size"],
@@ -15,6 +15,8 @@ rule demo_case:
         "logs/demo_case/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/demo_case/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     shell:
         "lungseg demo-cohort --out {params.root} --case {wildcards.case} --seed {params.seed}"
         " --slices {params.slices} --size {params.size} > {log} 2>&1"

@@ -14,6 +14,8 @@ rule evaluate:
         "logs/evaluate/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     shell:
         "lungseg evaluate --case {input.case} --label {params.label} {params.preds} -o {output} > {log} 2>&1"
 
@@ -30,5 +32,7 @@ rule aggregate:
         json=f"{RESULTS}/metrics/summary.json",
     log:
         "logs/aggregate/aggregate.log",
+    conda:
+        "../../envs/preprocess.yaml"
     shell:
         "lungseg aggregate {input} --csv {output.csv} --json {output.json} > {log} 2>&1"

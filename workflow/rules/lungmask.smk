@@ -13,5 +13,7 @@ rule lung_mask:
         "logs/lung_mask/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/lung_mask/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     shell:
         "lungseg lung-mask {input} --method {params.method} -o {output.mask} --qa {output.qa} > {log} 2>&1"

@@ -14,6 +14,8 @@ rule predict:
         "logs/predict/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
     shell:
         "lungseg predict {input.case} --model {input.model} -o {output}"
         " --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"

@@ -12,6 +12,8 @@ rule plot_training:
         ),
     log:
         "logs/plot_training/plot_training.log",
+    conda:
+        "../../envs/report.yaml"
     shell:
         "lungseg plot-training {input} -o {output} > {log} 2>&1"
 
@@ -32,5 +34,7 @@ rule plot_overlay:
         label=LABEL,
     log:
         "logs/plot_overlay/{case}.log",
+    conda:
+        "../../envs/report.yaml"
     shell:
         "lungseg plot-overlay --case {input.case} --pred {input.pred} --label {params.label} -o {output} > {log} 2>&1"

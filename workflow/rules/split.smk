@@ -10,5 +10,7 @@ rule split:
         seed=config["split"]["seed"],
     log:
         "logs/split/split.log",
+    conda:
+        "../../envs/preprocess.yaml"
     shell:
         "lungseg split {params.cases} --fractions {params.fractions} --seed {params.seed} -o {output} > {log} 2>&1"

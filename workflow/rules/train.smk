@@ -21,6 +21,8 @@ rule train:
         f"logs/train/{LABEL}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{LABEL}.tsv"
+    conda:
+        "../../envs/train.yaml"
     shell:
         "torchrun --standalone --nnodes=1 --nproc_per_node={params.cfg[nproc_per_node]} -m lungseg train"
         " --train {input.train} --val {input.val} --out-dir {params.checkpoint_dir}"
