@@ -87,12 +87,14 @@ def test_touching_one_dicom_reruns_only_that_case(run_dir):
     dicom = sorted((run_dir / "resources/demo/demo002/dicom").iterdir())[3]
     time.sleep(1)
     os.utime(dicom)  # `touch`: now, newer than every output
-    jobs = planned_jobs(smk(run_dir, "-n").stdout)
-    per_case = {(rule, case) for rule, case in jobs if case}
-    assert ("ingest", "demo002") in per_case and ("lung_mask", "demo002") in per_case, jobs
-    assert not {case for rule, case in per_case if rule in ("ingest", "lung_mask")} - {"demo002"}, jobs
-    assert "demo_case" not in {rule for rule, _ in jobs}  # the generator does not rerun
-    smk(run_dir, "--cores", "2")  # bring the run dir back up to date for the other tests
+    planned = planned_jobs(smk(run_dir, "-n").stdout)  # up to the split checkpoint
+    assert ("ingest", "demo002") in planned, planned
+    assert not {case for rule, case in planned if rule == "ingest"} - {"demo002"}, planned
+    assert "demo_case" not in {rule for rule, _ in planned}  # the generator does not rerun
+    run = smk(run_dir, "--cores", "2")
+    ran = {(rule, case) for rule, case in planned_jobs(run.stdout + run.stderr) if case}
+    assert {("ingest", "demo002"), ("lung_mask", "demo002")} <= ran, ran
+    assert not {case for rule, case in ran if rule in ("ingest", "lung_mask")} - {"demo002"}, ran
     assert "Nothing to be done" in smk(run_dir, "-n").stdout
 
 

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from lungseg import __version__
+from lungseg.cases import CaseSheetError
 from lungseg.ingest.errors import IngestError
 
 #: subcommand -> (module, one-line help)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except IngestError as exc:  # bad input: one clear line naming the file and the fix, no traceback
+    except (IngestError, CaseSheetError) as exc:  # bad input: one line naming the file and the fix
         print(f"lungseg {name}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg.atomic import write_text_atomic
+from lungseg.cases import CaseSheetError, quarantined_cases, read_case_sheet
 
 SPLITS = ("train", "val", "test")
 
@@ -63,15 +64,23 @@ def read_split(path: Path) -> dict[str, str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--case", nargs=2, action="append", metavar=("CASE_ID", "PATIENT_ID"), required=True,
-                        help="a case and its (pseudonymous) patient; repeat for every case")
+    parser.add_argument("--cases", type=Path, required=True, help="case sheet (TSV with case_id, patient_id, ...)")
+    parser.add_argument("--status", type=Path, nargs="*", default=[],
+                        help="ingest status JSON files; quarantined cases are left out of every split")
     parser.add_argument("--fractions", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("-o", "--output", type=Path, required=True, help="TSV file: case_id, patient_id, split")
 
 
 def run(args: argparse.Namespace) -> int:
-    case_patients = dict(args.case)
+    sheet = read_case_sheet(args.cases)
+    excluded = quarantined_cases(args.status)
+    case_patients = {case: row["patient_id"] for case, row in sheet.items() if case not in excluded}
+    if not case_patients:
+        raise CaseSheetError(f"no case of {args.cases} passed ingest ({len(excluded)} quarantined); "
+                             "see the quarantine table for each reason and fix")
+    if excluded:
+        print(f"left out {len(excluded)} quarantined case(s): {', '.join(sorted(excluded))}")
     splits = assign_splits(case_patients, args.fractions, args.seed)
     write_split(args.output, case_patients, splits)
     counts = {s: sum(v == s for v in splits.values()) for s in SPLITS}

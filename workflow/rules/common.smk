@@ -1,5 +1,4 @@
 # Config validation, the case table and input functions shared by all rules.
-import csv
 import hashlib
 import json
 from pathlib import Path
@@ -9,7 +8,8 @@ from snakemake.utils import min_version, validate
 
 from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
 from lungseg.ingest.dicom_series import list_dicom_files
-from lungseg.split import assign_splits
+from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
+from lungseg.split import read_split
 
 min_version("8.10")
 
@@ -26,19 +26,10 @@ wildcard_constraints:
 
 def _read_case_sheet(path):
     """Case sheet rows keyed by case_id: dicom folder and label_<name> columns."""
-    if not Path(path).is_file():
-        raise WorkflowError(f"case sheet {path} not found: write it (see config/cases.example.tsv) or set source: demo")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    missing = {"case_id", "patient_id", "dicom"} - set(rows[0] if rows else {})
-    if missing:
-        raise WorkflowError(f"case sheet {path} lacks column(s) {sorted(missing)}")
-    cases = {}
-    for row in rows:
-        if row["case_id"] in cases:
-            raise WorkflowError(f"case sheet {path}: case_id {row['case_id']} appears twice")
-        cases[row["case_id"]] = row
-    return cases
+    try:
+        return read_case_sheet(path)
+    except CaseSheetError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def _case_table():
@@ -59,15 +50,22 @@ def _case_table():
 
 CASES = _case_table()
 DEMO_DICOM_NAMES = demo_dicom_names(config["demo"]["seed"], config["demo"]["slices"]) if config["source"] == "demo" else []
-SPLITS = assign_splits(
-    {c: row["patient_id"] for c, row in CASES.items()},
-    config["split"]["fractions"],
-    config["split"]["seed"],
-)
+#: the case sheet the split reads: the user's (source: cases) or one written from the demo config
+CASE_SHEET = config["cases"] if config["source"] == "cases" else f"{RESULTS}/cases.tsv"
+
+
+def split_of_cases():
+    """case -> train/val/test, from the split checkpoint (which leaves quarantined cases out)."""
+    return read_split(checkpoints.split.get().output[0])
 
 
 def cases_in(split):
-    return sorted(c for c, s in SPLITS.items() if s == split)
+    return sorted(c for c, s in split_of_cases().items() if s == split)
+
+
+def good_cases():
+    """Cases that passed ingest (every case in the split)."""
+    return sorted(split_of_cases())
 
 
 def case_file(case):
@@ -106,14 +104,19 @@ def predictions_to_evaluate(wildcards):
     return preds
 
 
-def all_outputs():
+def flatten(items):
+    """Nested lists of paths (as from expand) -> one flat list."""
+    return [p for item in items for p in (flatten(item) if isinstance(item, (list, tuple)) else [item])]
+
+
+def all_outputs(wildcards):
     test = cases_in("test")
-    return [
+    return flatten([
         f"{RESULTS}/split.tsv",
-        expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=sorted(CASES)),
+        expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
         expand(f"{RESULTS}/predictions/{{case}}.nii.gz", case=test),
         f"{RESULTS}/metrics/metrics.csv",
         f"{RESULTS}/metrics/summary.json",
         f"{RESULTS}/plots/training_curves.png",
         expand(f"{RESULTS}/plots/overlays/{{case}}.png", case=test),
-    ]
+    ])

@@ -22,7 +22,7 @@ rule evaluate:
 
 rule aggregate:
     input:
-        expand(f"{RESULTS}/metrics/cases/{{case}}.json", case=cases_in("test")),
+        lambda wildcards: expand(f"{RESULTS}/metrics/cases/{{case}}.json", case=cases_in("test")),
     output:
         csv=report(
             f"{RESULTS}/metrics/metrics.csv",

@@ -1,11 +1,25 @@
-# Patient-level train/val/test split (the same function decides which cases each rule sees).
+# Patient-level train/val/test split over the cases that passed ingest. A checkpoint: the rules
+# after it (train, predict, evaluate) take their case lists from its output.
 
 
-rule split:
+if config["source"] == "demo":
+
+    rule demo_case_sheet:
+        output:
+            CASE_SHEET,
+        log:
+            "logs/demo_case_sheet/demo_case_sheet.log",
+        run:
+            write_case_sheet(output[0], CASES.values())
+
+
+checkpoint split:
+    input:
+        cases=CASE_SHEET,
+        ingested=[case_file(c) for c in sorted(CASES)],
     output:
         f"{RESULTS}/split.tsv",
     params:
-        cases=" ".join(f"--case {c} {row['patient_id']}" for c, row in sorted(CASES.items())),
         fractions=" ".join(str(f) for f in config["split"]["fractions"]),
         seed=config["split"]["seed"],
     log:
@@ -13,4 +27,4 @@ rule split:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg split {params.cases} --fractions {params.fractions} --seed {params.seed} -o {output} > {log} 2>&1"
+        "lungseg split --cases {input.cases} --fractions {params.fractions} --seed {params.seed} -o {output} > {log} 2>&1"

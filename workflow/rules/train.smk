@@ -4,8 +4,8 @@
 rule train:
     input:
         split=f"{RESULTS}/split.tsv",
-        train=[case_file(c) for c in cases_in("train")],
-        val=[case_file(c) for c in cases_in("val")],
+        train=lambda wildcards: [case_file(c) for c in cases_in("train")],
+        val=lambda wildcards: [case_file(c) for c in cases_in("val")],
     output:
         model=f"{RESULTS}/model/{LABEL}/model.pt",
         metrics=report(
