@@ -7,10 +7,21 @@ Layout (version 1)::
                              origin (3 x float64, LPS mm), direction (9 x float64, row-major),
                              plus free-form provenance attrs (never patient identifiers)
     /image            int16 (z, y, x) Hounsfield units; slices ordered along the slice normal;
-                      chunked one slice per chunk, lzf-compressed
+                      chunked one slice per chunk; uncompressed (default) or lzf + shuffle
     /labels/<name>    uint8 (z, y, x) on the image grid, e.g. labels/lung (1 = left/right lungs,
                       or 1/2 when sides are split), labels/nodule (0/1)
 
+Additions (still version 1; files without them read as before):
+
+    / attrs           status="ok" | "quarantined"; source_spacing/source_origin/source_direction
+                      (float64) and source_shape (int64, z/y/x): the scan's own grid before any
+                      target-spacing resampling (write masks back in it); ingest_notes (JSON list)
+    /annotations/<name>  uint8 (z, y, x) on the image grid: lidc_readers (bit r = reader r+1 outlined
+                      the voxel), lidc_nodules / luna16_nodules (voxel = nodule number 1..N);
+                      group attrs lidc_nodules, lidc_points, luna16_nodules (JSON tables)
+
+A quarantined case (bad input, see :func:`write_quarantined_case`) has format attrs, status,
+file, reason and fix, and no /image; :func:`open_case` and :func:`read_case` refuse it with its reason.
 Everything is written atomically (temporary file + rename).
 """
 
@@ -28,6 +39,14 @@ from lungseg.geometry import Geometry
 
 FORMAT = "lungseg-case"
 FORMAT_VERSION = 1
+STATUS_OK = "ok"
+STATUS_QUARANTINED = "quarantined"
+_RESERVED = {"format", "format_version", "case_id", "lungseg_version", "spacing", "origin", "direction", "status",
+             "source_spacing", "source_origin", "source_direction", "source_shape"}
+
+
+class QuarantinedCaseError(ValueError):
+    """Raised when opening a case file that ingest quarantined (no image)."""
 
 
 @dataclass
@@ -37,11 +56,15 @@ class CaseVolume:
     geometry: Geometry
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict[str, str | int | float] = field(default_factory=dict)
+    annotations: dict[str, np.ndarray] = field(default_factory=dict)  # uint8 (z, y, x) under /annotations
+    annotation_attrs: dict[str, str] = field(default_factory=dict)  # JSON tables on /annotations
+    source_geometry: Geometry | None = None  # the scan's own grid when the image was resampled
+    source_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3:
             raise ValueError(f"case {self.case_id}: image must be (z, y, x), got shape {self.image.shape}")
-        for name, label in self.labels.items():
+        for name, label in {**self.labels, **self.annotations}.items():
             if label.shape != self.image.shape:
                 raise ValueError(
                     f"case {self.case_id}: label '{name}' has shape {label.shape}, "
@@ -53,31 +76,71 @@ def _slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *shape[1:])
 
 
-def write_case(path: str | Path, case: CaseVolume) -> None:
-    """Write ``case`` to ``path`` atomically (see the module docstring for the layout)."""
+def write_case(path: str | Path, case: CaseVolume, *, compress_image: bool = False) -> None:
+    """Write ``case`` to ``path`` atomically (see the module docstring for the layout).
+
+    The image is stored uncompressed by default: lzf costs ~5 ms per 512x512 slice, several times
+    the DICOM read itself, for a ~2x smaller file (``compress_image=True``: lzf + byte shuffle).
+    """
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["case_id"] = case.case_id
         f.attrs["lungseg_version"] = __version__
+        f.attrs["status"] = STATUS_OK
         for key, value in case.geometry.as_attrs().items():
             f.attrs[key] = value
+        for key, value in (case.source_geometry or case.geometry).as_attrs().items():
+            f.attrs[f"source_{key}"] = value
+        f.attrs["source_shape"] = np.asarray(case.source_shape or case.image.shape, dtype=np.int64)
         for key, value in case.provenance.items():
             f.attrs[key] = value
         f.create_dataset(
             "image",
             data=np.asarray(case.image, dtype=np.int16),
             chunks=_slice_chunks(case.image.shape),
-            compression="lzf",
+            compression="lzf" if compress_image else None,
+            shuffle=compress_image,
         )
-        group = f.create_group("labels")
-        for name, label in case.labels.items():
-            group.create_dataset(
-                name,
-                data=np.asarray(label, dtype=np.uint8),
-                chunks=_slice_chunks(label.shape),
-                compression="lzf",
-            )
+        for group_name, arrays in (("labels", case.labels), ("annotations", case.annotations)):
+            if group_name == "annotations" and not arrays and not case.annotation_attrs:
+                continue
+            group = f.create_group(group_name)
+            for name, label in arrays.items():
+                group.create_dataset(
+                    name,
+                    data=np.asarray(label, dtype=np.uint8),
+                    chunks=_slice_chunks(label.shape),
+                    compression="lzf",
+                )
+            if group_name == "annotations":
+                for key, value in case.annotation_attrs.items():
+                    group.attrs[key] = value
+
+
+def write_quarantined_case(path: str | Path, case_id: str, file: str, reason: str, fix: str) -> None:
+    """Write the placeholder of a case that failed ingest: format attrs, status, reason; no image."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["case_id"] = case_id
+        f.attrs["lungseg_version"] = __version__
+        f.attrs["status"] = STATUS_QUARANTINED
+        f.attrs["file"] = file
+        f.attrs["reason"] = reason
+        f.attrs["fix"] = fix
+
+
+def read_status(path: str | Path) -> dict[str, str]:
+    """``{"case_id", "status"}`` (plus file/reason/fix when quarantined) of a case file; never raises for quarantine."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a lungseg case file (format attr missing); re-run `lungseg ingest`")
+        out = {"case_id": str(f.attrs["case_id"]), "status": str(f.attrs.get("status", STATUS_OK))}
+        for key in ("file", "reason", "fix"):
+            if key in f.attrs:
+                out[key] = str(f.attrs[key])
+        return out
 
 
 def open_case(path: str | Path) -> h5py.File:
@@ -86,6 +149,12 @@ def open_case(path: str | Path) -> h5py.File:
     if f.attrs.get("format") != FORMAT:
         f.close()
         raise ValueError(f"{path} is not a lungseg case file (format attr missing); re-run `lungseg ingest`")
+    if str(f.attrs.get("status", STATUS_OK)) == STATUS_QUARANTINED:
+        case_id, reason, fix = (str(f.attrs.get(k, "?")) for k in ("case_id", "reason", "fix"))
+        f.close()
+        raise QuarantinedCaseError(
+            f"{path}: case {case_id} was quarantined at ingest and holds no image ({reason}). Fix: {fix}"
+        )
     return f
 
 
@@ -99,12 +168,24 @@ def read_case(path: str | Path, labels: bool = True) -> CaseVolume:
     with open_case(path) as f:
         geometry = Geometry.from_attrs(f.attrs)
         label_arrays = {name: ds[()] for name, ds in f["labels"].items()} if labels else {}
-        reserved = {"format", "format_version", "case_id", "lungseg_version", "spacing", "origin", "direction"}
-        provenance = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items() if k not in reserved}
+        annotations = f.get("annotations")
+        provenance = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items() if k not in _RESERVED}
+        source = "source_spacing" in f.attrs
         return CaseVolume(
             case_id=str(f.attrs["case_id"]),
             image=f["image"][()],
             geometry=geometry,
             labels=label_arrays,
             provenance=provenance,
+            annotations={n: ds[()] for n, ds in annotations.items()} if labels and annotations is not None else {},
+            annotation_attrs={k: str(v) for k, v in annotations.attrs.items()} if annotations is not None else {},
+            source_geometry=read_source_geometry_attrs(f.attrs) if source else None,
+            source_shape=tuple(int(v) for v in f.attrs["source_shape"]) if source else None,
         )
+
+
+def read_source_geometry_attrs(attrs) -> Geometry:  # noqa: ANN001 - h5py AttributeManager
+    """The scan's own grid (before target-spacing resampling); the image grid for older files."""
+    if "source_spacing" not in attrs:
+        return Geometry.from_attrs(attrs)
+    return Geometry.from_attrs({k: attrs[f"source_{k}"] for k in ("spacing", "origin", "direction")})

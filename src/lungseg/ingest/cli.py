@@ -1,13 +1,31 @@
-"""``lungseg ingest``: one scan (DICOM folder or volume) + label masks -> per-case HDF5."""
+"""``lungseg ingest``: one scan (DICOM folder or volume) + labels -> per-case HDF5 (the code the workflow runs).
+
+``lungseg ingest INPUT --case-id ID [--label NAME=PATH ...] [--lidc-xml FILE] [--luna16 CSV]
+[--target-spacing X Y Z] [--series SELECTOR] -o CASE.h5 [--status STATUS.json]``
+
+Without ``--status`` bad input exits 1 with one line naming the file and the fix. With ``--status``
+bad input is quarantined instead: STATUS.json records ``{"case_id", "status": "quarantined", "file",
+"reason", "fix"}``, CASE.h5 is a placeholder without image (``lungseg.casefile.write_quarantined_case``)
+and the command exits 0, so one bad series never stops the others. On success STATUS.json has
+``"status": "ok"`` and a few figures (see :mod:`lungseg.ingest.quarantine`). Messages, logs and files
+never carry patient identifiers or UIDs from the input (they are scrubbed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import time
 from pathlib import Path
 
-from lungseg.casefile import write_case
-from lungseg.ingest.scan import ingest_scan
+from lungseg.casefile import write_case, write_quarantined_case
+from lungseg.ingest.dicom_series import DEFAULT_MAX_GAP
+from lungseg.ingest.errors import IngestError
+from lungseg.ingest.lidc import DEFAULT_AGREEMENT
+from lungseg.ingest.pseudonym import DEFAULT_SECRET_ENV, Scrubber, resolve_secret
+from lungseg.ingest.quarantine import ok_status, quarantined_status, write_status
+from lungseg.ingest.scan import IngestOptions, ingest_scan
 
 log = logging.getLogger("lungseg.ingest")
 
@@ -19,19 +37,124 @@ def _label_arg(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="DICOM series folder, or a .nii/.nii.gz/.nrrd/.mha/.mhd volume")
     parser.add_argument("-o", "--output", type=Path, required=True, help="case HDF5 file to write")
     parser.add_argument("--case-id", required=True, help="pseudonymous case ID stored in the file (never a patient ID)")
-    parser.add_argument("--label", action="append", type=_label_arg, default=[], metavar="NAME=PATH",
-                        help="label mask to resample onto the scan grid (repeatable), e.g. lung=lung.nii.gz")
+    parser.add_argument(
+        "--label",
+        action="append",
+        type=_label_arg,
+        default=[],
+        metavar="NAME=PATH",
+        help="label mask to resample onto the scan grid (repeatable), e.g. lung=lung.nii.gz",
+    )
+    parser.add_argument("--lidc-xml", type=Path, help="LIDC-IDRI reader XML: per-reader masks, consensus nodule label")
+    parser.add_argument(
+        "--agreement",
+        type=_fraction,
+        default=DEFAULT_AGREEMENT,
+        help=f"LIDC consensus: fraction of a nodule's readers that must agree (default {DEFAULT_AGREEMENT})",
+    )
+    parser.add_argument("--luna16", type=Path, metavar="CSV", help="LUNA16 annotations.csv: spherical nodule label")
+    parser.add_argument(
+        "--target-spacing",
+        type=_positive,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="resample to this spacing in mm (linear image, nearest labels)",
+    )
+    parser.add_argument(
+        "--max-gap",
+        type=_positive,
+        default=DEFAULT_MAX_GAP,
+        help="refuse gaps wider than this many slice steps, resample over narrower irregularities "
+        f"(default {DEFAULT_MAX_GAP}: a missing slice is refused)",
+    )
+    parser.add_argument(
+        "--series",
+        metavar="SELECTOR",
+        help="pick one series of a folder holding several "
+        "(the `series` column of `lungseg discover`; needs the same secret)",
+    )
+    parser.add_argument(
+        "--secret-env",
+        default=DEFAULT_SECRET_ENV,
+        metavar="VAR",
+        help=f"variable holding the pseudonym secret, for --series (default {DEFAULT_SECRET_ENV})",
+    )
+    parser.add_argument("--secret-file", type=Path, help="file holding the pseudonym secret, for --series")
+    parser.add_argument(
+        "--allow-default-secret", action="store_true", help="public demo secret for --series (demo data only)"
+    )
+    parser.add_argument(
+        "--status",
+        type=Path,
+        metavar="STATUS.json",
+        help="quarantine bad input: record it here, write a placeholder case file, exit 0",
+    )
+    parser.add_argument(
+        "--compress-image",
+        action="store_true",
+        help="lzf-compress the image in the HDF5 (about half the size, about 3x slower ingest)",
+    )
+    parser.add_argument("--progress", action="store_true", help="progress bar over slices")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    case = ingest_scan(args.case_id, args.input, dict(args.label))
-    write_case(args.output, case)
+    scrub = Scrubber()
+    started = time.perf_counter()
+    try:
+        secret = resolve_secret(args.secret_env, args.secret_file, args.allow_default_secret) if args.series else None
+        options = IngestOptions(
+            labels=dict(args.label),
+            lidc_xml=args.lidc_xml,
+            luna16=args.luna16,
+            target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
+            selector=args.series,
+            secret=secret,
+            max_gap=args.max_gap,
+            agreement=args.agreement,
+            progress=args.progress,
+        )
+        case = ingest_scan(args.case_id, args.input, options=options, scrubber=scrub)
+    except IngestError as exc:
+        clean = IngestError(scrub(exc.path), scrub(exc.reason), scrub(exc.fix))
+        if args.status is None:
+            raise clean from None
+        write_quarantined_case(args.output, args.case_id, clean.path, clean.reason, clean.fix)
+        write_status(args.status, quarantined_status(args.case_id, clean.path, clean.reason, clean.fix))
+        log.warning("case %s quarantined: %s", args.case_id, clean)
+        return 0
+    write_case(args.output, case, compress_image=args.compress_image)
+    if args.status is not None:
+        write_status(args.status, ok_status(case, time.perf_counter() - started))
     z, y, x = case.image.shape
-    log.info("case %s: %d slices of %dx%d, spacing %s mm, labels %s -> %s",
-             case.case_id, z, y, x, tuple(round(s, 3) for s in case.geometry.spacing), sorted(case.labels), args.output)
+    log.info(
+        "case %s: %d slices of %dx%d, spacing %s mm, labels %s -> %s",
+        case.case_id,
+        z,
+        y,
+        x,
+        tuple(round(s, 3) for s in case.geometry.spacing),
+        sorted(case.labels),
+        scrub(str(args.output)),
+    )
+    for note in json.loads(str(case.provenance.get("ingest_notes", "[]"))):
+        log.info("case %s: %s", case.case_id, scrub(note))
     return 0

@@ -1,7 +1,16 @@
-"""Ingest one scan: DICOM folder or ITK volume (+ label masks) -> :class:`~lungseg.casefile.CaseVolume`."""
+"""Ingest one scan: DICOM folder or ITK volume (+ masks, LIDC XML, LUNA16 CSV) -> :class:`~lungseg.casefile.CaseVolume`.
+
+Labels land on the scan's own grid first (masks resampled in physical space, LIDC ROIs matched to
+slices, LUNA16 spheres from world coordinates); with ``target_spacing`` the image is then resampled
+(linear) and every label and annotation mask with it (nearest), and the scan's own grid is kept in
+the case file's ``source_*`` attributes.
+"""
 
 from __future__ import annotations
 
+import json
+
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -9,33 +18,152 @@ import SimpleITK as sitk
 
 from lungseg.casefile import CaseVolume
 from lungseg.geometry import Geometry
-from lungseg.ingest.dicom_series import AIR_HU, MAX_HU, read_series
+from lungseg.ingest.dicom_series import AIR_HU, DEFAULT_MAX_GAP, MAX_HU, SeriesVolume, read_series
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.labels import load_label_on_grid
+from lungseg.ingest.lidc import DEFAULT_AGREEMENT, SliceMap, lidc_attrs, rasterise_lidc
+from lungseg.ingest.luna16 import luna16_attrs, luna16_labels
+from lungseg.ingest.pseudonym import Scrubber
+from lungseg.ingest.resample import resample_volume, target_grid
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
-def read_scan(source: Path) -> tuple[np.ndarray, Geometry, dict[str, str | int | float]]:
-    """HU volume (int16, z/y/x), geometry and provenance of a DICOM folder or an ITK-readable volume."""
+@dataclass
+class IngestOptions:
+    """Everything besides the scan that shapes one case (the CLI flags of ``lungseg ingest``)."""
+
+    labels: dict[str, Path] = field(default_factory=dict)
+    lidc_xml: Path | None = None
+    luna16: Path | None = None
+    target_spacing: tuple[float, float, float] | None = None
+    selector: str | None = None
+    secret: str | None = None
+    max_gap: float = DEFAULT_MAX_GAP
+    agreement: float = DEFAULT_AGREEMENT
+    progress: bool = False
+
+
+def _read_volume(source: Path) -> SeriesVolume:
+    try:
+        image = sitk.ReadImage(str(source))
+    except RuntimeError as exc:
+        raise IngestError(source, "cannot be read as an image volume", "give a valid NIfTI/NRRD/MHA file") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise IngestError(source, "is not a 3-D grey-level volume", "give a CT volume")
+    hu = np.clip(np.rint(sitk.GetArrayFromImage(image)), AIR_HU, MAX_HU).astype(np.int16)
+    geometry = Geometry.from_sitk(image)
+    stem = source.name[: -len(next(s for s in VOLUME_SUFFIXES if source.name.lower().endswith(s)))]
+    return SeriesVolume(
+        hu=hu,
+        geometry=geometry,
+        files=[source],
+        provenance={"source_kind": "volume", "n_slices": int(hu.shape[0])},
+        source_positions=np.arange(hu.shape[0]) * geometry.spacing[2],
+        series_uid=stem,
+    )
+
+
+def read_source(source: Path, options: IngestOptions | None = None, scrubber: Scrubber | None = None) -> SeriesVolume:
+    """A DICOM series folder or an ITK-readable volume as a :class:`SeriesVolume`."""
+    options = options or IngestOptions()
     source = Path(source)
     if source.is_dir():
-        series = read_series(source)
-        return series.hu, series.geometry, series.provenance
+        return read_series(
+            source,
+            selector=options.selector,
+            secret=options.secret,
+            max_gap=options.max_gap,
+            scrubber=scrubber,
+            progress=options.progress,
+        )
     if source.is_file() and source.name.lower().endswith(VOLUME_SUFFIXES):
-        try:
-            image = sitk.ReadImage(str(source))
-        except RuntimeError as exc:
-            raise IngestError(source, "cannot be read as an image volume", "give a valid NIfTI/NRRD/MHA file") from exc
-        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-            raise IngestError(source, "is not a 3-D grey-level volume", "give a CT volume")
-        hu = np.clip(np.rint(sitk.GetArrayFromImage(image)), AIR_HU, MAX_HU).astype(np.int16)
-        return hu, Geometry.from_sitk(image), {"source_kind": "volume", "n_slices": int(hu.shape[0])}
-    raise IngestError(source, "is neither a DICOM folder nor a volume file", f"give a folder of DICOM files or one of {', '.join(VOLUME_SUFFIXES)}")
+        return _read_volume(source)
+    if not source.exists():
+        raise IngestError(source, "does not exist", "check the path in the case sheet")
+    raise IngestError(
+        source,
+        "is neither a DICOM folder nor a volume file",
+        f"give a folder of DICOM files or one of {', '.join(VOLUME_SUFFIXES)}",
+    )
 
 
-def ingest_scan(case_id: str, source: Path, labels: dict[str, Path] | None = None) -> CaseVolume:
-    """Read ``source`` and resample every label onto its grid."""
-    hu, geometry, provenance = read_scan(source)
-    label_arrays = {name: load_label_on_grid(path, geometry, hu.shape) for name, path in (labels or {}).items()}
-    return CaseVolume(case_id=case_id, image=hu, geometry=geometry, labels=label_arrays, provenance=provenance)
+def read_scan(source: Path) -> tuple[np.ndarray, Geometry, dict[str, str | int | float]]:
+    """HU volume (int16, z/y/x), geometry and provenance of a DICOM folder or an ITK-readable volume."""
+    scan = read_source(source)
+    return scan.hu, scan.geometry, scan.provenance
+
+
+def _slice_map(scan: SeriesVolume) -> SliceMap:
+    """Source slices (by SOP UID) -> grid slices, and the world z of every grid slice."""
+    geometry = scan.geometry
+    n = scan.hu.shape[0]
+    dz = geometry.spacing[2]
+    grid_index = np.clip(np.rint(scan.source_positions / dz).astype(int), 0, n - 1) if n else np.zeros(0, int)
+    uid_to_slice = {uid: int(k) for uid, k in zip(scan.slice_uids, grid_index) if uid}
+    z_values = geometry.index_to_physical(np.c_[np.zeros(n), np.zeros(n), np.arange(n)])[:, 2]
+    return SliceMap(uid_to_slice, z_values, dz)
+
+
+def ingest_scan(
+    case_id: str,
+    source: Path,
+    labels: dict[str, Path] | None = None,
+    *,
+    options: IngestOptions | None = None,
+    scrubber: Scrubber | None = None,
+) -> CaseVolume:
+    """Read ``source``, put every label and annotation on its grid, optionally resample (see module docstring)."""
+    options = options or IngestOptions()
+    if labels:
+        options = replace(options, labels={**options.labels, **labels})
+    scan = read_source(source, options, scrubber)
+    shape = scan.hu.shape
+    notes = list(scan.notes)
+    label_arrays = {
+        name: load_label_on_grid(path, scan.geometry, shape, name=name) for name, path in options.labels.items()
+    }
+    annotations: dict[str, np.ndarray] = {}
+    annotation_attrs: dict[str, str] = {}
+    if options.lidc_xml is not None:
+        lidc = rasterise_lidc(options.lidc_xml, scan.geometry, shape, _slice_map(scan), options.agreement)
+        annotations.update(lidc_readers=lidc.readers, lidc_nodules=lidc.nodules)
+        annotation_attrs.update(lidc_attrs(lidc))
+        label_arrays.setdefault("nodule", lidc.consensus)
+        notes += lidc.notes
+    if options.luna16 is not None:
+        numbered, table, luna_notes = luna16_labels(options.luna16, scan.series_uid, scan.geometry, shape)
+        annotations["luna16_nodules"] = numbered
+        annotation_attrs.update(luna16_attrs(table))
+        label_arrays.setdefault("nodule", (numbered > 0).astype(np.uint8))
+        notes += luna_notes
+
+    image, geometry, source_geometry = scan.hu, scan.geometry, None
+    if options.target_spacing is not None:
+        geometry, new_shape = target_grid(scan.geometry, shape, options.target_spacing)
+        image = resample_volume(scan.hu, scan.geometry, geometry, new_shape, label=False)
+        label_arrays = {
+            k: resample_volume(v, scan.geometry, geometry, new_shape, label=True) for k, v in label_arrays.items()
+        }
+        annotations = {
+            k: resample_volume(v, scan.geometry, geometry, new_shape, label=True) for k, v in annotations.items()
+        }
+        source_geometry = scan.geometry
+        notes.append(
+            f"resampled from {tuple(round(s, 3) for s in scan.geometry.spacing)} mm to "
+            f"{tuple(options.target_spacing)} mm (linear image, nearest labels)"
+        )
+    provenance = dict(scan.provenance)
+    if notes:
+        provenance["ingest_notes"] = json.dumps(notes)
+    return CaseVolume(
+        case_id=case_id,
+        image=image,
+        geometry=geometry,
+        labels=label_arrays,
+        provenance=provenance,
+        annotations=annotations,
+        annotation_attrs=annotation_attrs,
+        source_geometry=source_geometry,
+        source_shape=shape if source_geometry is not None else None,
+    )

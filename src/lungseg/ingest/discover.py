@@ -1,0 +1,209 @@
+"""Series discovery: a folder tree of any depth -> one case per axial CT image series.
+
+Files are grouped by SeriesInstanceUID (headers only, pixel data not read). A series becomes a case
+when it is CT, axial (slice normal within 20 deg of the feet-head axis), grey-level, single-frame,
+not a scout/localizer, and has at least ``min_slices`` slices; every other series (and every
+unreadable file) is listed with its reason in the skipped table. Scout images that share the UID of
+an axial series are left to ingest, which drops them.
+
+Case sheet columns (tab-separated), one row per series, sorted by case_id:
+
+``case_id``   ``c`` + 12 hex: keyed hash (HMAC-SHA256) of SeriesInstanceUID
+``patient_id``  ``p`` + 12 hex: keyed hash of PatientID (one patient's series share it)
+``dicom``     the series folder: the deepest folder holding all its files (or, with a link
+              folder, ``LINKS/<case_id>`` holding one symbolic link per slice, named 00000.dcm ...)
+``series``    empty when ``dicom`` holds only this series; otherwise the selector to pass as
+              ``lungseg ingest --series`` (20 hex of the same keyed hash; needs the same secret)
+``n_slices``  number of image files of the series
+``lidc_xml``  an LIDC-IDRI reader XML found in the tree whose SeriesInstanceUid is this series, or empty
+``label_lung``, ``label_nodule``  empty, to fill in by hand
+
+Skipped table columns: ``path`` (file or series folder), ``reason``; both scrubbed (UIDs shown as
+``<uid>``, patient identifiers as ``<redacted>``). The ``dicom`` column holds folders as the archive
+names them (they must be found again); with ``link_dir`` it holds pseudonymous paths only.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lungseg.atomic import atomic_path
+from lungseg.ingest.errors import IngestError
+from lungseg.ingest.headers import header_problem, is_directory_record, list_candidate_files, read_header, slice_header
+from lungseg.ingest.pseudonym import Scrubber, case_pseudonym, patient_pseudonym, series_selector
+
+DEFAULT_MIN_SLICES = 10
+CASE_COLUMNS = ("case_id", "patient_id", "dicom", "series", "n_slices", "lidc_xml", "label_lung", "label_nodule")
+SKIPPED_COLUMNS = ("path", "reason")
+
+
+@dataclass
+class _Series:
+    uid: str
+    patient: str
+    files: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    scouts: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Discovery:
+    cases: list[dict[str, str]]
+    skipped: list[dict[str, str]]
+
+
+def _lidc_series_uid(path: Path) -> str | None:
+    """SeriesInstanceUid named in the header of an LIDC-IDRI XML, or None for any other XML."""
+    try:
+        for _, el in ET.iterparse(path, events=("end",)):
+            if el.tag.rsplit("}", 1)[-1] in ("SeriesInstanceUid", "SeriesInstanceUID"):
+                return (el.text or "").strip() or None
+            if el.tag.rsplit("}", 1)[-1] == "readingSession":
+                return None
+    except (ET.ParseError, OSError):
+        return None
+    return None
+
+
+def _scan(root: Path, progress: bool, scrub: Scrubber) -> tuple[dict[str, _Series], list[dict[str, str]], list[Path]]:
+    series: dict[str, _Series] = {}
+    skipped: list[dict[str, str]] = []
+    files = list_candidate_files(root)
+    for path in tqdm(files, desc="headers", unit="file", disable=not progress):
+        try:
+            ds = read_header(path)
+        except IngestError as exc:
+            skipped.append({"path": str(path), "reason": exc.reason})
+            continue
+        scrub.learn(ds)
+        if is_directory_record(ds):
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        if not uid:
+            skipped.append({"path": str(path), "reason": "has no SeriesInstanceUID"})
+            continue
+        entry = series.setdefault(uid, _Series(uid, str(ds.get("PatientID", "") or "")))
+        header = slice_header(ds)
+        if header.scout:
+            entry.scouts.append(path)
+            continue
+        entry.files.append(path)
+        problem = header_problem(header)
+        if problem:
+            entry.problems.append(problem)
+    return series, skipped, files
+
+
+def _folder_of(files: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.parent) for p in files]))
+
+
+def _files_below(per_dir: Counter, folder: Path) -> int:
+    """Candidate files in ``folder`` and its sub-folders."""
+    top = str(folder)
+    return sum(n for d, n in per_dir.items() if d == top or d.startswith(top.rstrip(os.sep) + os.sep))
+
+
+def _link_series(link_root: Path, case_id: str, files: list[Path]) -> Path:
+    """``link_root/case_id`` with one symbolic link per slice (replaced as a whole)."""
+    final = link_root / case_id
+    tmp = link_root / f".{case_id}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for k, path in enumerate(sorted(files)):
+        (tmp / f"{k:05d}.dcm").symlink_to(path.resolve())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def discover(
+    root: Path,
+    secret: str,
+    *,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    link_dir: Path | None = None,
+    progress: bool = False,
+) -> Discovery:
+    """Find the axial CT series below ``root`` (see the module docstring for the tables)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise IngestError(root, "is not a folder", "give the top folder of the DICOM tree")
+    scrub = Scrubber()
+    series, skipped, all_files = _scan(root, progress, scrub)
+    xml_by_series = {}
+    for xml in sorted(root.rglob("*.xml")):
+        uid = _lidc_series_uid(xml)
+        if uid:
+            xml_by_series.setdefault(uid, xml)
+    per_dir = Counter(str(p.parent) for p in all_files)
+    cases = []
+    for entry in series.values():
+        folder = _folder_of(entry.files or entry.scouts)
+        if not entry.files:
+            reason = f"scout/localizer series only ({len(entry.scouts)} image(s))"
+        elif entry.problems:
+            reason = f"{entry.problems[0]} ({len(entry.problems)} of {len(entry.files)} file(s))"
+        elif len(entry.files) < min_slices:
+            reason = f"has only {len(entry.files)} slice(s), fewer than {min_slices}"
+        else:
+            reason = ""
+        if reason:
+            skipped.append({"path": str(folder), "reason": reason})
+            continue
+        case_id = case_pseudonym(secret, entry.uid)
+        own_scouts = sum(1 for p in entry.scouts if folder == p.parent or folder in p.parents)
+        others = _files_below(per_dir, folder) - len(entry.files) - own_scouts
+        if link_dir is not None:
+            dicom, selector = _link_series(Path(link_dir), case_id, entry.files), ""
+        else:
+            dicom, selector = folder, (series_selector(secret, entry.uid) if others > 0 else "")
+        xml = xml_by_series.get(entry.uid)
+        cases.append(
+            {
+                "case_id": case_id,
+                "patient_id": patient_pseudonym(secret, entry.patient or f"<no PatientID>:{entry.uid}"),
+                "dicom": str(dicom),
+                "series": selector,
+                "n_slices": str(len(entry.files)),
+                "lidc_xml": str(xml) if xml else "",
+                "label_lung": "",
+                "label_nodule": "",
+            }
+        )
+    cases.sort(key=lambda row: row["case_id"])
+    skipped = sorted(
+        ({"path": scrub(r["path"]), "reason": scrub(r["reason"])} for r in skipped), key=lambda r: r["path"]
+    )
+    return Discovery(cases, skipped)
+
+
+def write_table(path: Path, rows: list[dict[str, str]], columns: tuple[str, ...]) -> None:
+    """A tab-separated table with a header, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def series_files(folder: Path, selector: str, secret: str) -> list[Path]:
+    """The files of the series ``selector`` below ``folder`` (for workflow inputs; reads headers)."""
+    out = []
+    for path in list_candidate_files(Path(folder)):
+        try:
+            ds = read_header(path)
+        except IngestError:
+            out.append(path)  # unreadable files stay inputs: ingest reports them
+            continue
+        if series_selector(secret, str(ds.get("SeriesInstanceUID", ""))) == selector:
+            out.append(path)
+    return out

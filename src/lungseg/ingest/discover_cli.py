@@ -1,0 +1,73 @@
+"""``lungseg discover ROOT -o cases.tsv``: find the axial CT series in a DICOM tree, write the case sheet.
+
+Writes the case sheet (see :mod:`lungseg.ingest.discover` for its columns) and, beside it unless
+``--skipped`` says otherwise, ``discovery_skipped.tsv`` (path, reason) listing scouts, non-axial,
+non-CT, too-short series and unreadable files. Case and patient IDs are keyed pseudonyms: the secret
+comes from ``$LUNGSEG_PSEUDONYM_KEY`` (``--secret-env``) or ``--secret-file``; without one the command
+refuses to run unless ``--allow-default-secret`` (public secret, demo data only). Exits 1 with a
+message when no series qualifies (both tables are still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from lungseg.ingest.discover import CASE_COLUMNS, DEFAULT_MIN_SLICES, SKIPPED_COLUMNS, discover, write_table
+from lungseg.ingest.errors import IngestError
+from lungseg.ingest.pseudonym import DEFAULT_SECRET_ENV, resolve_secret
+
+log = logging.getLogger("lungseg.discover")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", type=Path, help="top folder of the DICOM tree (any depth)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="case sheet to write (TSV)")
+    parser.add_argument("--skipped", type=Path, help="skipped-series table (default: discovery_skipped.tsv beside -o)")
+    parser.add_argument(
+        "--secret-env",
+        default=DEFAULT_SECRET_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the pseudonym secret (default {DEFAULT_SECRET_ENV})",
+    )
+    parser.add_argument("--secret-file", type=Path, help="file holding the pseudonym secret (instead of the variable)")
+    parser.add_argument(
+        "--allow-default-secret",
+        action="store_true",
+        help="use lungseg's public demo secret when no secret is set (demo data only)",
+    )
+    parser.add_argument(
+        "--min-slices",
+        type=int,
+        default=DEFAULT_MIN_SLICES,
+        help=f"fewest slices for a series to count as a scan (default {DEFAULT_MIN_SLICES})",
+    )
+    parser.add_argument(
+        "--link-dir",
+        type=Path,
+        help="make LINK_DIR/<case_id>/ with one link per slice and point the sheet there "
+        "(pseudonymous paths, one series per folder)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.min_slices < 1:
+        raise SystemExit("lungseg discover: --min-slices must be >= 1")
+    secret = resolve_secret(args.secret_env, args.secret_file, args.allow_default_secret)
+    found = discover(
+        args.root, secret, min_slices=args.min_slices, link_dir=args.link_dir, progress=not args.no_progress
+    )
+    skipped_path = args.skipped or args.output.with_name("discovery_skipped.tsv")
+    write_table(args.output, found.cases, CASE_COLUMNS)
+    write_table(skipped_path, found.skipped, SKIPPED_COLUMNS)
+    log.info("%d series -> %s; %d skipped -> %s", len(found.cases), args.output, len(found.skipped), skipped_path)
+    if not found.cases:
+        raise IngestError(
+            args.root,
+            f"holds no axial CT series with >= {args.min_slices} slices ({len(found.skipped)} skipped)",
+            f"see {skipped_path} for the reasons",
+        )
+    return 0

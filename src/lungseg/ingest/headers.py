@@ -1,0 +1,208 @@
+"""Header-level facts about one DICOM file, shared by discovery and ingest.
+
+Each ``*_problem`` function returns a short reason (for a radiologist) when a file is not a slice of
+an axial CT image series, or ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from lungseg.ingest.errors import IngestError
+
+#: files that live beside DICOM series in archives (annotations, notes, labels) and are not slices
+NON_DICOM_SUFFIXES = (
+    ".xml",
+    ".txt",
+    ".csv",
+    ".tsv",
+    ".json",
+    ".md",
+    ".nii",
+    ".gz",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".raw",
+    ".zip",
+    ".pdf",
+    ".html",
+    ".yaml",
+    ".yml",
+    ".h5",
+)
+#: SOP classes that are never image slices (DICOMDIR media directory)
+DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: slice normal may deviate this much from the patient's feet-head axis and still count as axial
+AXIAL_TOLERANCE_DEG = 20.0
+SCOUT_IMAGE_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM"}
+
+
+def list_candidate_files(folder: Path) -> list[Path]:
+    """Regular, non-hidden files below ``folder`` (symbolic links followed, each real folder once), less
+    known non-DICOM kinds (DICOM files often lack an extension)."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link cycle or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            Path(top) / name
+            for name in files
+            if not name.startswith(".")
+            and not name.lower().endswith(NON_DICOM_SUFFIXES)
+            and os.path.isfile(os.path.join(top, name))
+        ]
+    return sorted(found)
+
+
+def read_header(path: Path, *, pixels: bool = False, defer_size: str | None = None) -> pydicom.Dataset:
+    """Read one file (headers only unless ``pixels``; large values read on access with ``defer_size``).
+
+    A clear :class:`IngestError` if it is not DICOM or is cut short inside the header.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels, defer_size=defer_size)
+    except InvalidDicomError as exc:
+        raise IngestError(
+            path, "is not a DICOM file (no DICM marker, unreadable header)", "remove it from the series folder"
+        ) from exc
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise IngestError(
+            path,
+            f"is a corrupt DICOM file ({type(exc).__name__}: {str(exc)[:120]})",
+            "re-export or re-copy this file from the archive, or remove it",
+        ) from exc
+
+
+def is_directory_record(ds: pydicom.Dataset) -> bool:
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    return sop_class == DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """The header values ingest and discovery check, read from a dataset once."""
+
+    series_uid: str
+    sop_uid: str
+    modality: str
+    image_type: tuple[str, ...]
+    rows: int | None
+    columns: int | None
+    samples: int
+    photometric: str
+    frames: int
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6)
+    position: tuple[float, ...] | None  # ImagePositionPatient (3)
+    pixel_spacing: tuple[float, ...] | None  # (row spacing, column spacing)
+    syntax: str
+
+    @property
+    def scout(self) -> bool:
+        return bool(set(self.image_type) & SCOUT_IMAGE_TYPES)
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:  # noqa: ANN001 - pydicom MultiValue
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def slice_header(ds: pydicom.Dataset) -> SliceHeader:
+    """Extract the :class:`SliceHeader` of one dataset."""
+    get = ds.get
+    rows, columns = get("Rows"), get("Columns")
+    meta = getattr(ds, "file_meta", None)
+    return SliceHeader(
+        series_uid=str(get("SeriesInstanceUID", "") or ""),
+        sop_uid=str(get("SOPInstanceUID", "") or ""),
+        modality=str(get("Modality", "") or "").upper(),
+        image_type=tuple(str(v).upper() for v in (get("ImageType") or [])),
+        rows=int(rows) if rows is not None else None,
+        columns=int(columns) if columns is not None else None,
+        samples=int(get("SamplesPerPixel", 1) or 1),
+        photometric=str(get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2"),
+        frames=int(get("NumberOfFrames", 1) or 1),
+        orientation=_floats(get("ImageOrientationPatient") or (), 6),
+        position=_floats(get("ImagePositionPatient") or (), 3),
+        pixel_spacing=_floats(get("PixelSpacing") or (), 2),
+        syntax=str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else "",
+    )
+
+
+def is_scout(ds: pydicom.Dataset) -> bool:
+    """True for localizer / scout / topogram images (by ImageType)."""
+    image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
+    return bool(image_type & SCOUT_IMAGE_TYPES)
+
+
+@lru_cache(maxsize=64)
+def orientation_normal(orientation: tuple[float, ...]) -> tuple[float, float, float] | None:
+    """Unit slice normal of an ImageOrientationPatient, or ``None`` if degenerate."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    norm = float(np.linalg.norm(normal))
+    return None if norm < 1e-6 else tuple(float(v) for v in normal / norm)
+
+
+def slice_normal(ds: pydicom.Dataset) -> np.ndarray | None:
+    """Unit slice normal from ImageOrientationPatient, or ``None`` if absent/degenerate."""
+    orientation = _floats(ds.get("ImageOrientationPatient") or (), 6)
+    normal = orientation_normal(orientation) if orientation else None
+    return None if normal is None else np.asarray(normal)
+
+
+@lru_cache(maxsize=64)
+def plane_name(normal: tuple[float, float, float]) -> str:
+    """'axial', 'coronal', 'sagittal' or 'oblique (NN deg from axial)' for a slice normal (LPS)."""
+    tilt = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
+    if tilt <= AXIAL_TOLERANCE_DEG:
+        return "axial"
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) > math.cos(math.radians(AXIAL_TOLERANCE_DEG)):
+        return ("sagittal", "coronal", "axial")[axis]
+    return f"oblique ({tilt:.0f} deg from axial)"
+
+
+def header_problem(h: SliceHeader) -> str | None:
+    """Reason why a slice is not a single-frame grey-level axial CT slice (modality, scout, colour, plane)."""
+    if h.modality != "CT":
+        return f"has modality {h.modality or 'unknown'}, not CT"
+    if h.scout:
+        return "is a scout/localizer image (ImageType " + "\\".join(h.image_type) + ")"
+    if h.rows is None or h.columns is None:
+        return "holds no image (no Rows/Columns)"
+    if h.samples != 1 or not h.photometric.startswith("MONOCHROME"):
+        return (
+            f"is a colour image ({h.photometric}, {h.samples} samples per pixel), not a grey-level CT slice "
+            "(a screenshot or secondary capture?)"
+        )
+    if h.frames > 1:
+        return f"is a multi-frame image ({h.frames} frames; enhanced CT is not supported)"
+    normal = orientation_normal(h.orientation) if h.orientation else None
+    if normal is None or h.position is None:
+        return "lacks ImageOrientationPatient/ImagePositionPatient (no patient geometry)"
+    if h.pixel_spacing is None:
+        return "lacks PixelSpacing"
+    plane = plane_name(normal)
+    if plane != "axial":
+        return f"is a {plane} image, not axial"
+    return None
+
+
+def image_problem(ds: pydicom.Dataset) -> str | None:
+    """:func:`header_problem` of a dataset."""
+    return header_problem(slice_header(ds))
