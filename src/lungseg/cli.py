@@ -17,7 +17,9 @@ from lungseg.ingest.errors import IngestError
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("lungseg.demo.cli", "write a synthetic chest CT cohort as real DICOM series + NIfTI labels"),
-    "ingest": ("lungseg.ingest.cli", "read one DICOM series (+ label masks) into a per-case HDF5 file"),
+    "discover": ("lungseg.ingest.discover_cli", "find the axial CT series in a DICOM tree and write a case sheet (pseudonymous IDs)"),
+    "ingest": ("lungseg.ingest.cli", "read one DICOM series or volume (+ masks, LIDC XML, LUNA16 CSV) into a per-case HDF5 file"),
+    "quarantine-table": ("lungseg.ingest.quarantine", "collect quarantined cases from ingest status files into a TSV"),
     "lung-mask": ("lungseg.lungmask.cli", "classical lung-parenchyma mask of an ingested case"),
     "split": ("lungseg.split", "patient-level train/val/test split, reproducible by seed"),
     "train": ("lungseg.training.cli", "train a segmentation model (run under torchrun for DDP)"),
