@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 
 from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
 from lungseg.ingest.dicom_series import list_dicom_files
+from lungseg.ingest.errors import IngestError
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.split import read_split
 
@@ -77,7 +78,10 @@ def dicom_files(case):
     folder = CASES[case]["dicom"]
     if config["source"] == "demo":
         return [f"{folder}/{name}" for name in DEMO_DICOM_NAMES]
-    return [str(p) for p in list_dicom_files(Path(folder))]
+    try:
+        return [str(p) for p in list_dicom_files(Path(folder))]
+    except IngestError:  # missing or empty folder: the ingest job quarantines the case with the reason
+        return []
 
 
 def ingest_inputs(wildcards):
@@ -113,6 +117,7 @@ def all_outputs(wildcards):
     test = cases_in("test")
     return flatten([
         f"{RESULTS}/split.tsv",
+        f"{RESULTS}/quarantine.tsv",
         expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
         expand(f"{RESULTS}/predictions/{{case}}.nii.gz", case=test),
         f"{RESULTS}/metrics/metrics.csv",

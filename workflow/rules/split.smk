@@ -16,7 +16,7 @@ if config["source"] == "demo":
 checkpoint split:
     input:
         cases=CASE_SHEET,
-        ingested=[case_file(c) for c in sorted(CASES)],
+        status=[f"{RESULTS}/ingest/{c}.status.json" for c in sorted(CASES)],
     output:
         f"{RESULTS}/split.tsv",
     params:
@@ -27,4 +27,4 @@ checkpoint split:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg split --cases {input.cases} --fractions {params.fractions} --seed {params.seed} -o {output} > {log} 2>&1"
+        "lungseg split --cases {input.cases} --status {input.status} --fractions {params.fractions} --seed {params.seed} -o {output} > {log} 2>&1"
