@@ -107,8 +107,13 @@ def test_lint_and_dag(run_dir):
 
 def test_no_patient_identity_in_outputs(run_dir):
     identities = [demo_identity(case, seed=2026) for case in CASES]
-    secrets = {v for ident in identities for v in (ident.patient_name, ident.patient_id, ident.birth_date)}
+    secrets = {v for ident in identities for v in ident.values()}  # name, ID, birth date, accession, institution
     secrets |= {ident.patient_name.replace("^", " ") for ident in identities}
+    import pydicom
+
+    for case in CASES:  # UIDs from the inputs must not leak either
+        ds = pydicom.dcmread(next((run_dir / "resources/demo" / case / "dicom").iterdir()), stop_before_pixels=True)
+        secrets |= {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
     assert all(len(s) >= 6 for s in secrets)
     # the DICOM inputs really carry them (so the check below can fail)
     raw = b"".join(p.read_bytes() for p in (run_dir / "resources/demo/demo001/dicom").iterdir())
@@ -122,3 +127,27 @@ def test_no_patient_identity_in_outputs(run_dir):
                     data = gzip.decompress(data)
                 leaks += [(str(path), s) for s in secrets if s.encode() in data]
     assert not leaks, leaks
+
+
+def test_bad_series_is_quarantined_and_the_cohort_completes(run_dir, tmp_path):
+    """source: cases with three good series and one corrupt one: the run ends well, the bad case is listed."""
+    workdir = tmp_path / "cohort"
+    rows = ["case_id\tpatient_id\tdicom\tlabel_lung"]
+    for case in CASES:
+        rows.append(f"{case}\tp{case}\t{run_dir}/resources/demo/{case}/dicom\t{run_dir}/resources/demo/{case}/labels/lung.nii.gz")
+    bad = tmp_path / "broken_series"
+    bad.mkdir()
+    (bad / "slice001.dcm").write_bytes(b"not a DICOM file at all")
+    rows.append(f"broken\tpbroken\t{bad}\t{run_dir}/resources/demo/demo001/labels/lung.nii.gz")
+    (workdir / "config").mkdir(parents=True)
+    (workdir / "config/cases.tsv").write_text("\n".join(rows) + "\n")
+    config = yaml.safe_load((run_dir / "config/config.yaml").read_text())
+    config.update(source="cases", cases="config/cases.tsv")
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    smk(workdir, "--cores", "2")
+    quarantine = (workdir / "results/quarantine.tsv").read_text().splitlines()
+    assert len(quarantine) == 2 and quarantine[1].startswith("broken\t"), quarantine
+    assert "slice001.dcm" in quarantine[1]
+    split = (workdir / "results/split.tsv").read_text()
+    assert "broken" not in split and all(case in split for case in CASES)
+    assert (workdir / "results/metrics/summary.json").is_file()
