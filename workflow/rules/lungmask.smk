@@ -1,4 +1,4 @@
-# Classical lung-parenchyma mask per case, in the scan's geometry, with QA figures.
+# Classical lung-parenchyma mask per case (right/left lungs), in the scan's geometry, with QA.
 
 
 rule lung_mask:
@@ -6,6 +6,7 @@ rule lung_mask:
         f"{RESULTS}/ingest/{{case}}.h5",
     output:
         mask=f"{RESULTS}/lungmask/{{case}}.nii.gz",
+        h5=f"{RESULTS}/lungmask/{{case}}.h5",
         qa=f"{RESULTS}/lungmask/{{case}}.qa.json",
     params:
         method=config["lung_mask"]["method"],
@@ -16,4 +17,26 @@ rule lung_mask:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg lung-mask {input} --method {params.method} -o {output.mask} --qa {output.qa} > {log} 2>&1"
+        "lungseg lung-mask {input} --method {params.method} -o {output.mask} --h5 {output.h5}"
+        " --qa {output.qa} > {log} 2>&1"
+
+
+rule lung_mask_qa:
+    input:
+        lambda wildcards: expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
+    output:
+        report(
+            f"{RESULTS}/lungmask/qa.tsv",
+            caption="../report/lungmask_qa.rst",
+            category="Data",
+            subcategory="Lung masks",
+            labels={"table": "lung-mask QA per case (TSV)"},
+        ),
+    log:
+        "logs/lung_mask_qa/lung_mask_qa.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lung_mask_qa/lung_mask_qa.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "lungseg lung-mask-qa {input} -o {output} > {log} 2>&1"

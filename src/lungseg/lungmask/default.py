@@ -1,0 +1,241 @@
+"""lungseg's default lung-parenchyma mask: 3-D, classical, vectorised, labelled right (1) / left (2).
+
+Steps (sizes in mm, converted per axis, so anisotropic spacing is handled):
+
+1. Work on a coarse grid (in-plane blocks of about ``working_mm``; SimpleITK ``BinShrink``) and
+   threshold air (``air_hu``).
+2. Outside air = air components that reach the in-plane border of the volume; the body is the
+   largest connected non-outside region (a scanner table or arms lying apart are dropped).
+3. Airway lumen and gas: per-slice air components inside the body that are mostly pure air
+   (< ``lumen_hu``) are the trachea, bronchi (or bowel gas); they are removed with their wall.
+4. Lungs: 3-D components of the remaining air, large and not pure air; each is put right or left
+   of the body's midline in physical space; a component spanning both sides (lungs that touch) is
+   split by erosion + watershed.
+5. Per lung, what lies between the lungs (mediastinum, hilum) left aside: gaps along z are bridged
+   (``closing_z_mm``), then an in-plane octagonal closing rolls along the pleura (``closing_mm``)
+   and holes are filled per slice; of what that adds, thin parts (vessels) are kept, and thick
+   parts only when they are nodule-like (closed off by lung above and below, at most
+   ``max_nodule_mm`` long); then holes are filled in 3-D.
+6. Back on the full grid: the inside of the coarse mask is kept, its one-block rim follows the
+   full-resolution air threshold, so the pleural boundary is exact at the scan's resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from lungseg.geometry import Geometry
+from lungseg.lungmask.morphology import (
+    CONN_2D,
+    CONN_3D,
+    below,
+    close_octagon,
+    components_touching,
+    count_below,
+    dilate,
+    erode,
+    erode_octagon,
+    fill_holes,
+    sample_below,
+    upsample,
+)
+from lungseg.lungmask.sides import LEFT, MERGED_FRACTION, RIGHT, between_lungs, midline_side, split_merged
+
+
+@dataclass(frozen=True)
+class DefaultParams:
+    """Settings of the default method (HU thresholds; sizes in mm or mL)."""
+
+    air_hu: float = -400.0  #: air and aerated lung are darker than this
+    lumen_hu: float = -950.0  #: pure air (airway lumen, gas) is darker than this
+    lumen_fraction: float = 0.5  #: a region with more pure-air voxels than this is airway or gas
+    airway_max_mm2: float = 1500.0  #: largest in-plane cross-section taken as airway / gas
+    airway_wall_mm: float = 2.0  #: airway wall removed around the lumen
+    working_mm: float = 3.3  #: in-plane size of the coarse grid's blocks
+    closing_mm: float = 12.0  #: in-radius of the in-plane closing octagon rolled along the pleura
+    closing_z_mm: float = 10.0  #: gaps along z up to twice this long are bridged (nodules seen from above/below)
+    thick_mm: float = 4.0  #: additions with an in-plane half-width above this must look like a nodule:
+    max_nodule_mm: float = 35.0  #: ... at most this long along z, and closed off by lung above and below
+    min_lung_ml: float = 5.0  #: smaller air components are not lung
+    min_lung_fraction: float = 0.02  #: ... nor those smaller than this fraction of the largest
+
+
+@dataclass
+class LungMaskResult:
+    mask: np.ndarray  #: uint8 (z, y, x): 0 background, 1 right lung, 2 left lung (seed001: 1 lung)
+    notes: list[str] = field(default_factory=list)  #: what the method noticed (shown in the QA)
+
+
+def _voxels(mm: float, spacing: tuple[float, ...], minimum: int = 0) -> tuple[int, ...]:
+    return tuple(max(minimum, int(round(mm / s))) for s in spacing)
+
+
+def _largest(labels: np.ndarray, n: int) -> np.ndarray:
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _airway(candidates: np.ndarray, pure: np.ndarray, params: DefaultParams, pixel_mm2: float) -> np.ndarray:
+    """Per-slice air regions that are mostly pure air and at most ``airway_max_mm2``: lumen or gas."""
+    labels, n = ndimage.label(candidates, structure=CONN_2D)
+    count = np.bincount(labels.ravel(), minlength=n + 1)
+    n_pure = np.bincount(labels[pure], minlength=n + 1)
+    lumen = (n_pure > params.lumen_fraction * count) & (count * pixel_mm2 <= params.airway_max_mm2)
+    lumen[0] = False
+    return lumen[labels]
+
+
+def _nodule_like(added: np.ndarray, lung: np.ndarray, thick: tuple[int, int, int], max_slices: int) -> np.ndarray:
+    """The part of ``added`` (closing / hole filling of ``lung``) that is lung: thin parts and nodules.
+
+    Thin additions (vessels, small notches) are kept. A thick addition is kept only if it is a
+    nodule-sized blob closed off by lung along z as well: at most ``max_slices`` long, and the
+    slices just above and just below its thick core mostly lung (or added). Organs the lung wraps
+    around (diaphragm dome, aorta, heart) are longer or continue into non-lung tissue: the in-slice
+    pieces of ``added`` that hold their core are dropped.
+    """
+    core = erode_octagon(added, thick) & added
+    if not core.any():
+        return added
+    labels, n = ndimage.label(core, structure=CONN_3D)
+    extent = np.array([0] + [s[0].stop - s[0].start for s in ndimage.find_objects(labels)])
+    organ = extent > max_slices
+    closed = lung | added
+    for ahead, behind in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
+        next_label = labels[behind]  # the core's label, seen from the neighbouring slice
+        face = (next_label > 0) & (labels[ahead] == 0)
+        n_face = np.bincount(next_label[face], minlength=n + 1)
+        n_closed = np.bincount(next_label[face & closed[ahead]], minlength=n + 1)
+        organ |= n_closed < 0.5 * n_face
+    organ[0] = False
+    if not organ.any():
+        return added
+    pieces, n_pieces = ndimage.label(added, structure=CONN_2D)
+    dropped = np.zeros(n_pieces + 1, dtype=bool)
+    dropped[pieces[organ[labels]]] = True
+    dropped[0] = False
+    return added & ~dropped[pieces]
+
+
+def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, geometry: Geometry,
+                 spacing: tuple[float, float, float], params: DefaultParams) -> None:
+    """Step 5, in place on the coarse ``lungs`` labels (see the module docstring)."""
+    radius = (0, *_voxels(params.closing_mm, spacing[1:]))
+    along_z = _voxels(params.closing_z_mm, spacing[:1], minimum=1) + (0, 0)
+    thick = (0, *_voxels(params.thick_mm, spacing[1:], minimum=1))
+    max_slices = int(params.max_nodule_mm / spacing[0]) + 1
+    bridged_all = lungs.copy()  # lungs with their gaps along z bridged: what lies between them is mediastinum
+    short_z = (1, 0, 0)
+    for side in (RIGHT, LEFT):
+        bridged_all[(erode(dilate(lungs == side, short_z), short_z, border=False) & allowed) & (lungs == 0)] = side
+    mediastinum = between_lungs(bridged_all, geometry.direction_matrix)
+    room_all = allowed & ~mediastinum
+    boxes = ndimage.find_objects(lungs, max_label=LEFT)
+    for side, other in ((RIGHT, LEFT), (LEFT, RIGHT)):
+        found = boxes[side - 1]
+        if found is None:
+            continue
+        pad = (along_z[0] + 1, radius[1] + 3, radius[2] + 3)
+        box = tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(found, pad, lungs.shape))
+        sub = lungs[box]
+        lung = sub == side
+        room = room_all[box] & (sub != other)
+        bridged = lung | (erode(dilate(lung, along_z), along_z, border=False) & room)
+        added = fill_holes(close_octagon(bridged, radius) & room, per_slice=True) & room & ~lung
+        kept = lung | _nodule_like(added, lung, thick, max_slices)
+        sub[fill_holes(kept, per_slice=False) & room] = side
+
+
+def _refine(lungs: np.ndarray, added: np.ndarray, allowed: np.ndarray, hu: np.ndarray, air_hu: float,
+            factors: tuple[int, int, int]) -> np.ndarray:
+    """Step 6: the coarse labels on the full grid, their rim following the full-resolution threshold.
+
+    Blocks next to what closing and hole filling ``added`` (vessels, nodules) are kept whole, inside
+    the mask and one block beyond it: a nodule against the pleura has an edge the threshold cannot
+    tell from the chest wall (this costs a block-sized margin of wall next to such additions).
+    """
+    inside = lungs > 0
+    one = (0, 1, 1)
+    sure = (inside & erode(inside, one, border=False)) | (dilate(added, one) & (inside | allowed))
+    rim = dilate(inside, one) & ~sure & allowed
+    side_near = np.where(dilate(lungs == LEFT, one), LEFT, np.where(dilate(lungs == RIGHT, one), RIGHT, 0))
+    side_sure = np.where(sure, np.maximum(lungs, side_near * ~inside), 0).astype(np.uint8)
+    side_rim = np.where(rim, side_near, 0).astype(np.uint8)
+    full = upsample(side_rim, factors, hu.shape)  # rim blocks: lung where the voxel is air
+    full *= below(hu, air_hu)
+    full |= upsample(side_sure, factors, hu.shape)
+    return full
+
+
+def lung_mask_default(hu: np.ndarray, geometry: Geometry, params: DefaultParams | None = None) -> LungMaskResult:
+    """Right/left lung mask of a HU volume ``(z, y, x)`` with ``geometry`` (see the module docstring)."""
+    params = params or DefaultParams()
+    notes: list[str] = []
+    sx, sy, sz = geometry.spacing
+    factors = (1, *(min(f, n) for f, n in zip(_voxels(params.working_mm, (sy, sx), minimum=1), hu.shape[1:])))
+    spacing = (sz * factors[0], sy * factors[1], sx * factors[2])  # coarse (z, y, x) mm
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    empty = np.zeros(hu.shape, dtype=np.uint8)
+
+    n_air = count_below(hu, params.air_hu, factors)
+    block = int(np.prod(factors))
+    air = n_air == block  # every voxel air: thin walls and vessels keep blocks apart
+    pure = sample_below(hu, params.lumen_hu, factors)  # pure air (lumen, gas) at the block centre
+
+    # 1-2: outside air and body
+    labels, n = ndimage.label(air, structure=CONN_3D)
+    outside = components_touching(labels, n, (1, 2))[labels]
+    labels, n = ndimage.label(~outside, structure=CONN_3D)
+    if n == 0:
+        return LungMaskResult(empty, ["no body: the volume is all air"])
+    body = _largest(labels, n)
+    candidates = air & body
+    if not candidates.any():
+        return LungMaskResult(empty, ["no air inside the body (all tissue?)"])
+
+    # 3: airway lumen and gas
+    airway = _airway(candidates, pure, params, spacing[1] * spacing[2])
+    candidates &= ~airway
+
+    # 4: lung components in 3-D, and their sides
+    labels, n = ndimage.label(candidates, structure=CONN_3D)
+    count = np.bincount(labels.ravel(), minlength=n + 1)
+    n_pure = np.bincount(labels[pure], minlength=n + 1)
+    volume = count * voxel_ml
+    keep = (volume >= params.min_lung_ml) & (n_pure <= params.lumen_fraction * count)
+    keep[0] = False
+    if not keep.any():
+        return LungMaskResult(empty, ["no lung-like air region inside the body"])
+    keep &= volume >= params.min_lung_fraction * volume[keep].max()
+    right_side = midline_side(body, factors, spacing, geometry.direction_matrix)
+    n_right = np.bincount(labels[right_side], minlength=n + 1)
+    side_of = np.zeros(n + 1, dtype=np.uint8)
+    lungs = np.zeros(air.shape, dtype=np.uint8)
+    for comp in np.flatnonzero(keep):
+        fraction = n_right[comp] / count[comp]
+        if MERGED_FRACTION <= fraction <= 1 - MERGED_FRACTION:
+            box = ndimage.find_objects(labels, max_label=comp)[comp - 1]
+            split, ok = split_merged(labels[box] == comp, right_side[box], spacing)
+            lungs[box] = np.maximum(lungs[box], split)
+            notes.append("lungs touch: separated by erosion + watershed" if ok
+                         else "lungs touch and could not be separated: cut at the body midline")
+        else:
+            side_of[comp] = RIGHT if fraction > 0.5 else LEFT
+    lungs = np.maximum(lungs, side_of[labels])
+
+    # 5: closing along the pleura and hole filling, per lung, minus airway lumen and wall
+    wall = (0, *_voxels(params.airway_wall_mm, spacing[1:], minimum=1))
+    allowed = body & ~(airway | (dilate(airway, wall) & ~candidates))
+    if block > 1:  # regrow into the boundary blocks that are mostly air
+        regrow = (lungs == 0) & (n_air > block // 2) & allowed
+        for side in (RIGHT, LEFT):
+            lungs[regrow & dilate(lungs == side, (0, 1, 1))] = side
+    before = lungs > 0
+    _close_lungs(lungs, allowed, geometry, spacing, params)
+
+    # 6: back to the full grid
+    return LungMaskResult(_refine(lungs, (lungs > 0) & ~before, allowed, hu, params.air_hu, factors), notes)
