@@ -1,4 +1,7 @@
-# Model training, launched with torchrun (gloo on CPU, NCCL on GPUs). Resumes from its checkpoint.
+# Model training, launched with torchrun (gloo on CPU, NCCL on GPUs). Resumes from its checkpoint;
+# `lungseg train-guard` turns SIGTERM/SIGUSR1 (time limit, preemption) into a checkpoint + exit 75.
+from lungseg.cluster.launch import torchrun_prefix
+from lungseg.training.rule_args import train_options
 
 
 rule train:
@@ -16,6 +19,10 @@ rule train:
     params:
         cfg=config["train"],
         checkpoint_dir=lambda wildcards: f"{RESULTS}/model/{LABEL}/checkpoints/{train_config_hash()}",
+        # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the
+        # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes)
+        launch=lambda wildcards, resources: torchrun_prefix(resources.get("nodes", 1), config["train"]["nproc_per_node"]),
+        options=train_options(config["train"]),
     threads: config["train"]["threads"]
     log:
         f"logs/train/{LABEL}.log",
@@ -24,11 +31,11 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "torchrun --standalone --nnodes=1 --nproc_per_node={params.cfg[nproc_per_node]} -m lungseg train"
+        "lungseg train-guard -- {params.launch} -m lungseg train"
         " --train {input.train} --val {input.val} --out-dir {params.checkpoint_dir}"
         " --model-out {output.model} --metrics-out {output.metrics}"
         " --arch {params.cfg[arch]} --label {params.cfg[label]} --epochs {params.cfg[epochs]}"
         " --batch-size {params.cfg[batch_size]} --lr {params.cfg[lr]} --base-channels {params.cfg[base_channels]}"
         " --depth {params.cfg[depth]} --image-size {params.cfg[image_size]}"
         " --hu-window {params.cfg[hu_window][0]} {params.cfg[hu_window][1]} --seed {params.cfg[seed]}"
-        " --num-workers {params.cfg[num_workers]} --threads {threads} > {log} 2>&1"
+        " --num-workers {params.cfg[num_workers]} --threads {threads} {params.options} > {log} 2>&1"

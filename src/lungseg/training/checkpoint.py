@@ -3,7 +3,11 @@
 Model file format (only primitives and tensors)::
 
     {"format": "lungseg-model", "arch": str, "model_kwargs": dict, "label": str, "image_size": int,
-     "hu_window": [lo, hi], "epoch": int, "val_dice": float, "state_dict": {name: tensor}}
+     "hu_window": [lo, hi], "epoch": int, "val_dice": float, "state_dict": {name: tensor},
+     "roi": {"mode": "none" | "crop" | "mask", "label": str, "margin": int}}   # roi: optional
+
+``roi`` says how training restricted slices to a region (crop to / mask outside a label's box);
+an inference step must apply the same to its input (``none`` = whole slices, the default).
 """
 
 from __future__ import annotations
@@ -58,9 +62,11 @@ def model_file_state(
     hu_window: tuple[float, float] | list[float],
     epoch: int,
     val_dice: float,
+    roi: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``model.pt`` dictionary for ``model`` (see the module docstring)."""
     return {
+        "roi": dict(roi) if roi else {"mode": "none", "label": "", "margin": 0},
         "format": MODEL_FORMAT,
         "arch": str(arch),
         "model_kwargs": dict(model_kwargs),
@@ -96,5 +102,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise ValueError(f"{path}: weights do not match architecture {state['arch']!r} {state['model_kwargs']}: {exc}") from exc
     model.to(map_location).eval()
     meta = {k: state[k] for k in META_KEYS}
+    meta["roi"] = dict(state.get("roi") or {"mode": "none", "label": "", "margin": 0})
     meta["hu_window"] = (float(meta["hu_window"][0]), float(meta["hu_window"][1]))
     return model, meta

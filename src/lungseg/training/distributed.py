@@ -55,6 +55,14 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def select_device(env: DistEnv, device: str = "auto") -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` when CUDA is used, else ``cpu``.
 
@@ -65,6 +73,12 @@ def select_device(env: DistEnv, device: str = "auto") -> torch.device:
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if not use_cuda:
+        cores = available_cpus()
+        if env.local_world_size > cores:
+            raise DistributedSetupError(
+                f"{env.local_world_size} processes per node but only {cores} CPU core(s) available to this job; "
+                f"start torchrun with --nproc_per_node<={cores} (train.nproc_per_node), or train on GPUs"
+            )
         return torch.device("cpu")
     n_gpus = torch.cuda.device_count()
     if n_gpus == 0:
@@ -137,3 +151,44 @@ def cleanup() -> None:
     """Leave the process group (no-op without one)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def gather_to_main(obj: object) -> list[object] | None:
+    """Every process's ``obj`` as a list on rank 0 (``None`` elsewhere); ``[obj]`` without a group."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+@torch.no_grad()
+def weighted_average_(module: torch.nn.Module, weight: float) -> None:
+    """Federated averaging: replace every floating parameter and buffer by ``sum_k weight_k * value_k``
+    over all processes (``weight`` = this process's n_k / n; the weights must sum to 1).
+
+    Computed in float64 in one all-reduce and cast back, so the result is the n_k-weighted mean of the
+    clients' values to the precision of the stored dtype. Integer buffers (BatchNorm's batch counter)
+    take the maximum over clients. Without a process group the module is left as it is (weight 1).
+    """
+    if not is_distributed():
+        return
+    state = [t for t in module.state_dict().values()]
+    floats = [t for t in state if t.is_floating_point()]
+    ints = [t for t in state if not t.is_floating_point()]
+    if floats:
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) * weight for t in floats])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in floats:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
+            offset += n
+    if ints:
+        flat_i = torch.cat([t.detach().reshape(-1).to(torch.int64) for t in ints])
+        dist.all_reduce(flat_i, op=dist.ReduceOp.MAX)
+        offset = 0
+        for t in ints:
+            n = t.numel()
+            t.copy_(flat_i[offset:offset + n].view_as(t).to(t.dtype))
+            offset += n

@@ -1,6 +1,8 @@
-"""Training loss (BCE + soft Dice) and the hard Dice metric, both over a whole batch."""
+"""Training losses (BCE, soft Dice, BCE + soft Dice) and the validation metrics (Dice, F-score)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,44 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.
     """Mean binary cross-entropy on logits plus ``1 - soft Dice`` (pooled over the batch)."""
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
     return bce + (1.0 - soft_dice(logits, target, smooth))
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy on logits (a mean over pixels: data-parallel exact)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``1 - soft Dice`` pooled over the batch."""
+    return 1.0 - soft_dice(logits, target, smooth)
+
+
+#: loss name -> function(logits, target) -> scalar
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bce_dice": bce_dice_loss,
+    "bce": bce_loss,
+    "dice": dice_loss,
+}
+
+
+def get_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}") from None
+
+
+def fscore_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of per-slice F-scores (seed 000: harmonic mean of precision and recall).
+
+    Per slice ``2 TP / (P + G)``; a slice where prediction and reference are both empty scores 1.
+    Divide the sum over all slices by their number for the mean F-score.
+    """
+    pred = (logits > 0).flatten(1)
+    ref = (target > 0.5).flatten(1)
+    tp = (pred & ref).sum(1).to(torch.float64)
+    total = (pred.sum(1) + ref.sum(1)).to(torch.float64)
+    return torch.where(total > 0, 2.0 * tp / total.clamp(min=1), torch.ones_like(tp)).sum()
 
 
 def dice_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ def normalize_hu(hu: ArrayLike, window: Sequence[float]) -> ArrayLike:
     """Clip HU values to ``window = (low, high)`` and scale to float32 in [0, 1] (numpy in, numpy out)."""
     lo, hi = _check_window(window)
     if isinstance(hu, torch.Tensor):
-        return hu.to(torch.float32).clamp(lo, hi).sub(lo).div(hi - lo)
+        x = hu.to(torch.float32, copy=True)  # one buffer, scaled in place
+        return x.clamp_(lo, hi).sub_(lo).mul_(1.0 / (hi - lo))
     x = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
     return ((x - lo) / (hi - lo)).astype(np.float32, copy=False)
 

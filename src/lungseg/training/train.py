@@ -1,109 +1,76 @@
-"""The training loop: slice-wise segmentation, single process or DDP under torchrun, resumable.
+"""The training loop: slice-wise segmentation as one process, DDP or federated averaging; resumable.
 
 Outputs in ``out_dir`` (written by rank 0, atomically):
 
-* ``checkpoint.pt``: everything needed to resume (weights, optimizer, scheduler, epoch, RNG states,
-  best validation Dice, per-epoch history, config); rewritten after every epoch and reused
-  automatically by the next call with the same ``out_dir``.
+* ``checkpoint.pt``: everything needed to resume (weights, optimiser, schedule position, AMP scaler,
+  epoch and step, RNG states, best validation Dice, per-epoch history, config); rewritten after every
+  epoch (every round in ``fedavg`` mode) and when SIGTERM / SIGUSR1 stops the run mid-epoch, and
+  reused automatically by the next call with the same ``out_dir``.
 * ``model.pt``: the best epoch by validation Dice, in the model file format of
   :mod:`lungseg.training.checkpoint`.
-* ``metrics.csv``: one row per epoch (:data:`METRICS_FIELDS`): mean training loss, validation loss,
-  slice-aggregated validation Dice ``2 sum(TP) / (sum(P) + sum(G))``, the epoch's learning rate,
-  training throughput of the whole job (images/s, data loading included) and the epoch's wall time.
+* ``metrics.csv``: one row per epoch (per round in ``fedavg`` mode; :data:`METRICS_FIELDS`): mean
+  training loss, validation loss, slice-aggregated validation Dice ``2 sum(TP) / (sum(P) + sum(G))``,
+  mean per-slice validation F-score, the learning rate, training throughput of the whole job
+  (images/s, data loading included) and the wall time.
+
+Determinism: the data of an epoch (order, augmentation, mixup) is a function of ``(seed, epoch)``
+only, so ``N`` processes with batch ``b`` see the same batches as one process with batch ``N b``,
+and a run resumed mid-epoch continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from lungseg.atomic import atomic_path
-from lungseg.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    cpu_state_dict,
-    load_checkpoint,
-    model_file_state,
-    save_checkpoint,
-)
-from lungseg.training.dataset import SliceDataset
+from lungseg.training.checkpoint import CHECKPOINT_FORMAT, cpu_state_dict, load_checkpoint, model_file_state, save_checkpoint
+from lungseg.training.config import RESUME_KEYS, TrainConfig
+from lungseg.training.dataset import SliceDataset, item_seed
 from lungseg.training.distributed import (
     DistEnv,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
     cleanup,
+    gather_to_main,
     init_distributed,
     is_distributed,
+    weighted_average_,
 )
-from lungseg.training.losses import bce_dice_loss, dice_counts, dice_from_counts
-from lungseg.training.models import MODELS, build_model
+from lungseg.training.losses import dice_counts, dice_from_counts, fscore_sum, get_loss
+from lungseg.training.models import build_model, set_encoder_trainable
+from lungseg.training.optim import build_optimizer, lr_at, set_lr
+from lungseg.training.preemption import StopRequest, TrainingInterrupted
+from lungseg.training.pretrained import load_vgg16_pretrained
+from lungseg.training.sampling import SliceSampler, oversampling_weights, partition_clients
+
+__all__ = ["METRICS_FIELDS", "TrainConfig", "train", "NonFiniteLossError"]
 
 log = logging.getLogger("lungseg.train")
 
-METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "images_per_s", "epoch_seconds")
-#: settings a checkpoint must share with the current config to be resumed
-RESUME_KEYS = ("arch", "base_channels", "depth", "label", "image_size", "hu_window")
+METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_fscore", "lr", "images_per_s", "epoch_seconds")
 CHECKPOINT_NAME, MODEL_NAME, METRICS_NAME = "checkpoint.pt", "model.pt", "metrics.csv"
 
 
-@dataclass
-class TrainConfig:
-    """Training settings (``batch_size`` is per process; ``threads`` is the CPU thread budget of the
-    whole job on this node, split evenly among its processes)."""
-
-    arch: str = "unet"
-    base_channels: int = 16
-    depth: int = 4
-    label: str = "lung"
-    image_size: int = 128
-    hu_window: tuple[float, float] = (-1000.0, 400.0)
-    epochs: int = 8
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    num_workers: int = 0
-    seed: int = 0
-    augment: bool = True
-    threads: int | None = None
-    device: str = "auto"  # auto (CUDA when available), cuda or cpu
-
-    def validate(self) -> None:
-        if self.arch not in MODELS:
-            raise ValueError(f"unknown model architecture {self.arch!r}; valid choices: {', '.join(sorted(MODELS))}")
-        for name in ("base_channels", "depth", "image_size", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size < 2**self.depth:
-            raise ValueError(f"image_size {self.image_size} is too small for depth {self.depth} (needs >= {2**self.depth})")
-        if len(self.hu_window) != 2 or not float(self.hu_window[1]) > float(self.hu_window[0]):
-            raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
-        if self.num_workers < 0 or (self.threads is not None and self.threads < 1):
-            raise ValueError(f"num_workers must be >= 0 and threads >= 1, got {self.num_workers}, {self.threads}")
-
-    def model_kwargs(self) -> dict[str, int]:
-        return {"in_channels": 1, "out_channels": 1, "base_channels": int(self.base_channels), "depth": int(self.depth)}
-
-    def as_dict(self) -> dict[str, Any]:
-        """Primitives only (lists for tuples), as stored in checkpoints."""
-        d = asdict(self)
-        d["hu_window"] = [float(v) for v in self.hu_window]
-        return d
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 def seed_everything(seed: int) -> None:
@@ -144,55 +111,103 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _cosine_factor(epochs: int) -> Callable[[int], float]:
-    """LR factor of epoch ``e`` (0-based): cosine annealing from 1 towards 0 over ``epochs``."""
-
-    def factor(e: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
-
-    return factor  # a plain function: LambdaLR does not store it, so a resumed run may change ``epochs``
-
-
 def write_metrics_csv(path: Path, rows: Sequence[dict[str, float]]) -> None:
     """Write the per-epoch metrics table atomically."""
     formats = {"epoch": "{:d}", "train_loss": "{:.6f}", "val_loss": "{:.6f}", "val_dice": "{:.6f}",
-               "lr": "{:.6g}", "images_per_s": "{:.2f}", "epoch_seconds": "{:.3f}"}
+               "val_fscore": "{:.6f}", "lr": "{:.6g}", "images_per_s": "{:.2f}", "epoch_seconds": "{:.3f}"}
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(METRICS_FIELDS)
         for row in rows:
-            writer.writerow([formats[k].format(int(row[k]) if k == "epoch" else float(row[k])) for k in METRICS_FIELDS])
+            writer.writerow([formats[k].format(int(row[k]) if k == "epoch" else float(row.get(k, math.nan)))
+                             for k in METRICS_FIELDS])
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-def _check_resumable(path: Path, state: dict[str, Any], config: TrainConfig) -> None:
+def _check_resumable(path: Path, state: dict[str, Any], config: TrainConfig, env: DistEnv) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a lungseg training checkpoint (format={state.get('format')!r}); "
                          f"use another --out-dir or delete it")
-    saved, current = state["config"], config.as_dict()
+    saved, current = state.get("config", {}), config.as_dict()
     diffs = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in RESUME_KEYS if saved.get(k) != current[k]]
     if diffs:
         raise ValueError(
             f"{path} was written for a different training setup ({'; '.join(diffs)}); refusing to resume "
             f"from it or overwrite it. Use a new --out-dir, or delete the checkpoint to start over."
         )
+    same_layout = state.get("world_size") == env.world_size and saved.get("batch_size") == config.batch_size
+    if config.mode == "fedavg" and state.get("world_size") != env.world_size:
+        raise ValueError(f"{path} was written by {state.get('world_size')} federated clients, this run has "
+                         f"{env.world_size}; resume with --nproc_per_node={state.get('world_size')}, or use a new --out-dir")
+    if state.get("position") and not same_layout:
+        raise ValueError(f"{path} was saved mid-epoch by {state.get('world_size')} process(es) with batch size "
+                         f"{saved.get('batch_size')}; resume with the same layout to continue that epoch, or use a new --out-dir")
 
 
-def _loader(dataset, sampler, config: TrainConfig, generator: torch.Generator, device: torch.device,
-            drop_last: bool = False) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        drop_last=drop_last,
-        generator=generator,
-    )
+@dataclass
+class _Ctx:
+    """What the epoch loops share."""
+
+    config: TrainConfig
+    env: DistEnv
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    stop: StopRequest
+    out_dir: Path
+    train_ds: SliceDataset
+    val_loader: DataLoader
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_dice: float = -math.inf
+    frozen: bool | None = None
+    net: torch.nn.Module | None = None  # the model as trained (DDP-wrapped when data-parallel)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / MODEL_NAME
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks.to(self.device, non_blocking=True)
+
+
+@dataclass
+class _EpochResult:
+    steps: int  # steps done in this epoch so far (resumed steps included)
+    completed: bool
+    nonfinite: bool = False
+    message: str = ""
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` = bf16 on CUDA (fp16 on GPUs without bf16), off on CPU; ``bf16`` also
+    runs on CPU (slow there: a test path); ``fp16`` (with a gradient scaler) needs CUDA."""
+    cuda = device.type == "cuda"
+    if config.amp == "off" or (config.amp == "auto" and not cuda):
+        return None
+    if config.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if config.amp == "fp16":
+        if not cuda:
+            raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or off on CPU")
+        return torch.float16
+    if cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use --amp fp16 or auto")
+    return torch.bfloat16
 
 
 def train(
@@ -205,15 +220,19 @@ def train(
 ) -> Path:
     """Train ``config.arch`` on ``train_cases``, validating on ``val_cases`` every epoch; returns ``out_dir/model.pt``.
 
-    Runs as one process, or as one rank of a torchrun job (DDP; NCCL on GPUs, gloo on CPU). Resumes
-    from ``out_dir/checkpoint.pt`` when present. ``on_epoch_end(epoch, metrics_row)`` is called on
-    every rank after each epoch's outputs are written (epochs count from 1).
+    Runs as one process, or as one rank of a torchrun job (``mode="ddp"``: DDP; ``mode="fedavg"``: a
+    federated client); NCCL on GPUs, gloo on CPU. Resumes from ``out_dir/checkpoint.pt`` when present.
+    ``on_epoch_end(epoch, metrics_row)`` is called on every rank after each epoch's (round's) outputs
+    are written (epochs count from 1). SIGTERM / SIGUSR1 stop the run with a checkpoint and raise
+    :class:`~lungseg.training.preemption.TrainingInterrupted`.
     """
     config.validate()
     if not train_cases:
-        raise ValueError("no training cases given (--train is empty); the split has no training cases?")
+        raise ValueError("no training cases given (--train is empty): the split has no training cases; "
+                         "add cases or change split.fractions")
     if not val_cases:
-        raise ValueError("no validation cases given (--val is empty); the split needs at least one validation case")
+        raise ValueError("no validation cases given (--val is empty): the split needs at least one validation "
+                         "case; add cases or raise the validation fraction in split.fractions")
     owns_group = not is_distributed()
     env, device = init_distributed(config.device)
     try:
@@ -224,39 +243,88 @@ def train(
             cleanup()
 
 
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # loader workers only decode / resize: leave the cores to the model
+
+
+def _loader(dataset, sampler, config: TrainConfig, device: torch.device, drop_last: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        worker_init_fn=_worker_init if config.num_workers else None,
+    )
+
+
 def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], out_dir: Path, env: DistEnv,
            device: torch.device, on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> Path:
     main = env.is_main
     if config.threads:
-        torch.set_num_threads(max(1, config.threads // max(1, env.local_world_size)))
+        if config.threads < env.local_world_size:
+            raise ValueError(f"--threads {config.threads} cannot be split among {env.local_world_size} processes; "
+                             f"give at least one thread per process")
+        torch.set_num_threads(config.threads // env.local_world_size)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if config.sync_bn and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); leave it off on CPU")
+    amp_dtype = _amp_dtype(config, device)
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
     ckpt_path, model_path, csv_path = out_dir / CHECKPOINT_NAME, out_dir / MODEL_NAME, out_dir / METRICS_NAME
 
     seed_everything(config.seed)  # identical initial weights on every rank
-    model = build_model(config.arch, **config.model_kwargs()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    factor = _cosine_factor(config.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
-    start_epoch, best_dice, history = 0, -math.inf, []
-
+    model = build_model(config.arch, **config.model_kwargs())
+    state = None
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location="cpu")
-        _check_resumable(ckpt_path, state, config)
+        _check_resumable(ckpt_path, state, config, env)
+    elif config.pretrained:
+        used = load_vgg16_pretrained(model, config.pretrained)
+        if main:
+            log.info("encoder initialised from pretrained VGG16-BN weights %s", used)
+    if config.sync_bn and env.world_size > 1 and config.mode == "ddp":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch, position, client = 0, None, None
+    history: list[dict[str, float]] = []
+    best_dice = -math.inf
+    if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # schedule over the *current* epochs
-            group["lr"] = base_lr * factor(scheduler.last_epoch)
+        if config.mode == "fedavg":
+            client = state["clients"][env.rank]
+            optimizer.load_state_dict(client["optimizer"])
+            if client.get("model") is not None:  # stopped mid-round: this client's own weights
+                model.load_state_dict(client["model"])
+            position = client.get("position")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            position = state.get("position")
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, best_dice, history = int(state["epoch"]), float(state["best_val_dice"]), list(state["history"])
         set_rng_state(state["rng"])
         if main:
-            if start_epoch < config.epochs:
-                log.info("resuming from %s at epoch %d/%d (best val Dice so far %.4f)",
-                         ckpt_path, start_epoch + 1, config.epochs, best_dice)
+            if start_epoch < config.epochs or position:
+                where = (f"epoch {position['epoch'] + 1}/{config.epochs}, step {position['step']}" if position
+                         else f"epoch {start_epoch + 1}/{config.epochs}")
+                log.info("resuming from %s at %s (best val Dice so far %.4f)", ckpt_path, where, best_dice)
             else:
                 log.info("%s already has %d epoch(s) (>= %d requested); nothing to train", ckpt_path, start_epoch, config.epochs)
-    if start_epoch >= config.epochs:
+    if start_epoch >= config.epochs and not position:
         if not model_path.is_file():
             raise FileNotFoundError(f"{ckpt_path} is complete but {model_path} is missing; delete the checkpoint to retrain")
         if main:
@@ -264,116 +332,325 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
         barrier()
         return model_path
 
-    train_ds = SliceDataset(train_cases, config.label, config.image_size, config.hu_window, augment=config.augment)
-    val_ds = SliceDataset(val_cases, config.label, config.image_size, config.hu_window, augment=False)
+    roi = {"roi": config.roi, "roi_label": config.roi_label, "roi_margin": config.roi_margin}
+    train_ds = SliceDataset(train_cases, config.label, config.image_size, config.hu_window, augment=config.augment, **roi)
+    val_ds = SliceDataset(val_cases, config.label, config.image_size, config.hu_window, augment=False, **roi)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"no slices to learn from: {len(train_ds)} training and {len(val_ds)} validation slices")
-    train_sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                       seed=config.seed, drop_last=False)
-    shard = len(train_sampler)
-    # a trailing batch of one slice breaks BatchNorm at small bottlenecks and adds noise: skip it
-    drop_last = shard > config.batch_size and shard % config.batch_size == 1
-    generator = torch.Generator()
-    train_loader = _loader(train_ds, train_sampler, config, generator, device, drop_last=drop_last)
-    val_loader = _loader(Subset(val_ds, range(env.rank, len(val_ds), env.world_size)), None, config, generator, device)
-    if env.world_size > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        ddp_model = model
+    if not train_ds.positive.any():
+        raise ValueError(
+            f"the training split has no slice with '{config.label}' foreground in any of its {len(train_cases)} "
+            f"case(s) ({', '.join(Path(p).name for p in train_cases[:5])}{', ...' if len(train_cases) > 5 else ''}); "
+            f"nothing to learn. Choose another --label, or a split whose training cases contain that label"
+        )
+    val_loader = _loader(Subset(val_ds, range(env.rank, len(val_ds), env.world_size)), None, config, device)
+    ctx = _Ctx(config, env, device, model, optimizer, scaler, get_loss(config.loss), amp_dtype, channels_last,
+               StopRequest(), out_dir, train_ds, val_loader, history, best_dice)
     if main:
-        log.info("training %s %s on %d slices (%d cases), validating on %d slices (%d cases); %d process(es) on %s, "
-                 "batch %d per process, image %dx%d, epochs %d..%d",
-                 config.arch, config.model_kwargs(), len(train_ds), len(train_cases), len(val_ds), len(val_cases),
-                 env.world_size, device.type, config.batch_size, config.image_size, config.image_size,
-                 start_epoch + 1, config.epochs)
-
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        seed = _epoch_seed(config.seed, epoch, env.rank)
-        seed_everything(seed)
-        generator.manual_seed(seed)
-        train_sampler.set_epoch(epoch)
-        lr = float(optimizer.param_groups[0]["lr"])
-        train_loss, n_images = _train_epoch(ddp_model, optimizer, train_loader, device, epoch, config.epochs, main, ckpt_path)
-        train_seconds = time.perf_counter() - t0
-        val_loss, val_dice = _validate(model, val_loader, device)
-        scheduler.step()
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr,
-               "images_per_s": n_images / max(train_seconds, 1e-9), "epoch_seconds": time.perf_counter() - t0}
-        history.append(row)
-        improved = val_dice > best_dice
-        best_dice = max(best_dice, val_dice)
-        if main:
-            if improved or not model_path.is_file():  # (re-)create a deleted model.pt on resume
-                save_checkpoint(model_path, model_file_state(
-                    model, arch=config.arch, model_kwargs=config.model_kwargs(), label=config.label,
-                    image_size=config.image_size, hu_window=config.hu_window, epoch=epoch + 1, val_dice=val_dice))
-            write_metrics_csv(csv_path, history)
-            save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": cpu_state_dict(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "best_val_dice": best_dice, "history": history, "config": config.as_dict(), "rng": rng_state(),
-            })
-            log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f%s  lr %.3g  %.1f img/s  %.1f s",
-                     epoch + 1, config.epochs, train_loss, val_loss, val_dice, " (best)" if improved else "",
-                     lr, row["images_per_s"], row["epoch_seconds"])
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
+        log.info("training %s %s (%s) on %d slices (%d cases, %d with foreground), validating on %d slices (%d cases); "
+                 "%d process(es) on %s, batch %d per process, image %dx%d, epochs %d..%d, amp %s%s",
+                 config.arch, config.model_kwargs(), config.mode, len(train_ds), len(train_cases),
+                 int(train_ds.positive.sum()), len(val_ds), len(val_cases), env.world_size, device.type,
+                 config.batch_size, config.image_size, config.image_size, start_epoch + 1, config.epochs,
+                 amp_dtype or "off", ", channels_last" if channels_last else "")
+    with ctx.stop:
+        if config.mode == "fedavg":
+            _fit_fedavg(ctx, start_epoch, position, client, on_epoch_end)
+        else:
+            _fit_ddp(ctx, start_epoch, position, on_epoch_end)
     barrier()
     if main:
-        log.info("done: best val Dice %.4f -> %s", best_dice, model_path)
+        log.info("done: best val Dice %.4f -> %s", ctx.best_dice, model_path)
     return model_path
 
 
-def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device,
-                 epoch: int, epochs: int, main: bool, ckpt_path: Path) -> tuple[float, int]:
-    """One pass over this rank's shard; returns (mean loss over all ranks, images seen by all ranks)."""
-    model.train()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, n
+# ---------------------------------------------------------------- shared pieces
+
+
+def _set_phase(ctx: _Ctx, epoch: int, wrap_ddp: bool) -> None:
+    """Freeze the encoder for the first ``freeze_encoder_epochs`` epochs, then train all; (re)wrap DDP
+    when the set of trained parameters changes (DDP fixes it at construction)."""
+    frozen = epoch < ctx.config.freeze_encoder_epochs
+    if frozen == ctx.frozen and ctx.net is not None:
+        return
+    if ctx.config.freeze_encoder_epochs:
+        set_encoder_trainable(ctx.model, not frozen)
+        if ctx.env.is_main:
+            log.info("epoch %d: encoder %s", epoch + 1, "frozen" if frozen else "trained")
+    ctx.frozen = frozen
+    if wrap_ddp and ctx.env.world_size > 1:
+        dev = [ctx.device.index] if ctx.device.type == "cuda" else None
+        ctx.net = DistributedDataParallel(ctx.model, device_ids=dev)
+    else:
+        ctx.net = ctx.model
+
+
+def _mixup(ctx: _Ctx, images: torch.Tensor, masks: torch.Tensor, epoch_seed: int, step: int, rank: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al.; seed 000's outlook): blend each slice and its mask with another of the batch."""
+    rng = np.random.default_rng(item_seed(epoch_seed, 1_000_000_007 + step * 4099 + rank))
+    lam = float(rng.beta(ctx.config.mixup, ctx.config.mixup))
+    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
+    return lam * images + (1.0 - lam) * images[perm], lam * masks + (1.0 - lam) * masks[perm]
+
+
+def _run_epoch(ctx: _Ctx, loader: DataLoader, epoch: int, epoch_seed: int, start_step: int, sums: torch.Tensor,
+               collective: bool) -> _EpochResult:
+    """Train on ``loader`` from step ``start_step`` of ``epoch``; adds ``[loss * n, n]`` to ``sums``.
+
+    ``collective``: the ranks train one model together (DDP) and agree after every step on stopping
+    (NaN loss anywhere raises at once; a signal anywhere stops all after the same step). Otherwise
+    (federated clients with different step counts) the flags are local and reported in the result.
+    """
+    config, main = ctx.config, ctx.env.is_main
+    ctx.net.train()
     tty = sys.stderr.isatty()  # terminal: a live bar; log file: a line every 30 s and the final count
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", file=sys.stderr, leave=not tty,
-               disable=not main, mininterval=0.5 if tty else 30.0)
-    for step, (images, masks) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = bce_dice_loss(model(images), masks)
-        loss.backward()  # before the check, so DDP's gradient all-reduce completes on every rank
-        bad = all_reduce_sum((~torch.isfinite(loss.detach())).to(torch.float32).reshape(1))
-        if bad.item() > 0:
-            raise NonFiniteLossError(
-                f"training loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
-                f"(on {int(bad.item())} process(es), lr {optimizer.param_groups[0]['lr']:.3g}); stopped without "
-                f"updating the weights. The last good checkpoint ({ckpt_path}, if any) is kept; "
-                f"lower --lr or check the input data."
-            )
-        optimizer.step()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", file=sys.stderr, leave=not tty,
+               disable=not main, mininterval=0.5 if tty else 30.0, initial=start_step,
+               total=start_step + len(loader))
+    step = start_step
+    for images, masks in bar:
+        images, masks = ctx.to_device(images, masks)
+        if config.mixup > 0:
+            images, masks = _mixup(ctx, images, masks, epoch_seed, step, ctx.env.rank)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            logits = ctx.net(images)
+        loss = ctx.loss_fn(logits, masks)
+        ctx.scaler.scale(loss).backward()  # before the check, so DDP's gradient all-reduce completes everywhere
+        flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.float32),
+                             torch.tensor(float(ctx.stop.requested), device=ctx.device)])
+        if collective:
+            all_reduce_sum(flags)
+        bad, stop = (bool(v > 0) for v in flags.tolist())
+        if bad:
+            message = (f"training loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
+                       f"(lr {ctx.optimizer.param_groups[0]['lr']:.3g}); stopped without updating the weights. "
+                       f"The last good checkpoint ({ctx.ckpt_path}, if any) is kept; lower --lr or check the input data.")
+            if collective:
+                raise NonFiniteLossError(message)
+            bar.close()
+            return _EpochResult(step, completed=False, nonfinite=True, message=message)
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
         n = images.shape[0]
         sums[0] += loss.detach().to(torch.float64) * n
         sums[1] += n
+        step += 1
         if main:
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if config.log_every and step % config.log_every == 0:
+                log.info("epoch %d/%d step %d/%d loss %.4f", epoch + 1, config.epochs, step,
+                         start_step + len(loader), loss.item())
+        if stop:
+            bar.close()
+            return _EpochResult(step, completed=False)
     bar.close()
-    all_reduce_sum(sums)
-    return float(sums[0] / sums[1].clamp(min=1)), int(sums[1])
+    return _EpochResult(step, completed=True)
 
 
 @torch.no_grad()
-def _validate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Validation loss and slice-aggregated Dice ``2 sum(TP) / (sum(P) + sum(G))`` over all ranks' shards."""
+def _validate(ctx: _Ctx) -> tuple[float, float, float]:
+    """Validation loss, slice-aggregated Dice and mean per-slice F-score over all ranks' shards."""
+    model = ctx.model
     broadcast_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss * n, n, TP, P, G
-    for images, masks in loader:
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        logits = model(images)
+    sums = torch.zeros(6, dtype=torch.float64, device=ctx.device)  # loss * n, n, TP, P, G, sum of F-scores
+    for images, masks in ctx.val_loader:
+        images, masks = ctx.to_device(images, masks)
+        with ctx.autocast():
+            logits = model(images)
+        logits = logits.float()
         n = images.shape[0]
-        sums[0] += bce_dice_loss(logits, masks).to(torch.float64) * n
+        sums[0] += ctx.loss_fn(logits, masks).to(torch.float64) * n
         sums[1] += n
-        sums[2:] += dice_counts(logits, masks)
+        sums[2:5] += dice_counts(logits, masks)
+        sums[5] += fscore_sum(logits, masks)
     all_reduce_sum(sums)
     if sums[1] == 0:
         raise ValueError("the validation cases have no slices")
-    return float(sums[0] / sums[1]), dice_from_counts(sums[2:])
+    return float(sums[0] / sums[1]), dice_from_counts(sums[2:5]), float(sums[5] / sums[1])
 
+
+def _finish_epoch(ctx: _Ctx, epoch_done: int, row: dict[str, float], checkpoint: dict[str, Any]) -> None:
+    """Record a finished epoch (round): history, best ``model.pt``, ``metrics.csv``, checkpoint, log line."""
+    config = ctx.config
+    ctx.history.append(row)
+    improved = row["val_dice"] > ctx.best_dice
+    ctx.best_dice = max(ctx.best_dice, row["val_dice"])
+    if not ctx.env.is_main:
+        return
+    if improved or not ctx.model_path.is_file():  # (re-)create a deleted model.pt on resume
+        save_checkpoint(ctx.model_path, model_file_state(
+            ctx.model, arch=config.arch, model_kwargs=config.model_kwargs(), label=config.label,
+            image_size=config.image_size, hu_window=config.hu_window, epoch=epoch_done, val_dice=row["val_dice"],
+            roi={"mode": config.roi, "label": config.roi_label if config.roi != "none" else "",
+                 "margin": config.roi_margin if config.roi == "crop" else 0}))
+    write_metrics_csv(ctx.out_dir / METRICS_NAME, ctx.history)
+    _save(ctx, epoch_done, **checkpoint)
+    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f%s  val_F %.4f  lr %.3g  %.1f img/s  %.1f s",
+             epoch_done, config.epochs, row["train_loss"], row["val_loss"], row["val_dice"],
+             " (best)" if improved else "", row["val_fscore"], row["lr"], row["images_per_s"], row["epoch_seconds"])
+
+
+def _save(ctx: _Ctx, epoch_done: int, **extra: Any) -> None:
+    """Write ``checkpoint.pt`` (rank 0): the state after ``epoch_done`` epochs plus ``extra`` (position, clients)."""
+    state = {
+        "format": CHECKPOINT_FORMAT, "epoch": epoch_done, "model": cpu_state_dict(ctx.model),
+        "optimizer": None, "scheduler": {"kind": "warmup_cosine", "last_epoch": epoch_done,
+                                         "lr": float(ctx.optimizer.param_groups[0]["lr"])},
+        "scaler": ctx.scaler.state_dict(), "best_val_dice": ctx.best_dice, "history": ctx.history,
+        "config": ctx.config.as_dict(), "world_size": ctx.env.world_size, "rng": rng_state(),
+        "position": None, "clients": None,
+    }
+    state.update(extra)
+    save_checkpoint(ctx.ckpt_path, state)
+
+
+def _stop_agreed(ctx: _Ctx) -> bool:
+    flag = torch.tensor([float(ctx.stop.requested)], device=ctx.device)
+    return bool(all_reduce_sum(flag).item() > 0)
+
+
+def _row(epoch_done: int, train_sums: torch.Tensor, val: tuple[float, float, float], lr: float,
+         train_seconds: float, seconds: float) -> dict[str, float]:
+    loss, n = float(train_sums[0]), float(train_sums[1])
+    return {"epoch": epoch_done, "train_loss": loss / max(n, 1.0), "val_loss": val[0], "val_dice": val[1],
+            "val_fscore": val[2], "lr": lr, "images_per_s": n / max(train_seconds, 1e-9), "epoch_seconds": seconds}
+
+
+def _sampler(ctx: _Ctx, dataset, indices: np.ndarray | None, replicas: int, rank: int, seed: int) -> SliceSampler:
+    positive = ctx.train_ds.positive if indices is None else ctx.train_ds.positive[indices]
+    return SliceSampler(dataset, num_replicas=replicas, rank=rank, seed=seed,
+                        weights=oversampling_weights(positive, ctx.config.oversample))
+
+
+def _train_loader(ctx: _Ctx, dataset, sampler: SliceSampler) -> DataLoader:
+    # a trailing batch of one slice breaks BatchNorm at small bottlenecks and adds noise: skip it
+    shard, b = sampler.num_samples, ctx.config.batch_size
+    return _loader(dataset, sampler, ctx.config, ctx.device, drop_last=shard > b and shard % b == 1)
+
+
+# ---------------------------------------------------------------- one model: single process or DDP
+
+
+def _fit_ddp(ctx: _Ctx, start_epoch: int, position: dict | None,
+             on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> None:
+    config, env = ctx.config, ctx.env
+    sampler = _sampler(ctx, ctx.train_ds, None, env.world_size, env.rank, config.seed)
+    loader = _train_loader(ctx, ctx.train_ds, sampler)
+    epoch = position["epoch"] if position else start_epoch
+    for epoch in range(epoch, config.epochs):
+        t0 = time.perf_counter()
+        _set_phase(ctx, epoch, wrap_ddp=True)
+        seed_everything(_epoch_seed(config.seed, epoch, env.rank))
+        data_seed = _epoch_seed(config.seed, epoch, 0)  # the same on every rank: per-item augmentation
+        ctx.train_ds.set_epoch_seed(data_seed)
+        sampler.set_epoch(epoch)
+        sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss * n, n
+        start_step = 0
+        if position and position["epoch"] == epoch:
+            start_step = int(position["step"])
+            sampler.skip(start_step * config.batch_size)
+            if env.is_main:
+                sums += torch.tensor(position["sums"], dtype=torch.float64, device=ctx.device)
+        position = None
+        lr = lr_at(epoch, config.epochs, config.lr, config.lr_min, config.warmup_epochs)
+        set_lr(ctx.optimizer, lr)
+        result = _run_epoch(ctx, loader, epoch, data_seed, start_step, sums, collective=True)
+        if not result.completed:  # stopped by a signal after step result.steps, on every rank
+            all_reduce_sum(sums)
+            if env.is_main:
+                _save(ctx, epoch, optimizer=ctx.optimizer.state_dict(),
+                      position={"epoch": epoch, "step": result.steps, "sums": sums.tolist()})
+            barrier()
+            raise TrainingInterrupted(ctx.stop.signum, str(ctx.ckpt_path), epoch, result.steps)
+        train_seconds = time.perf_counter() - t0
+        all_reduce_sum(sums)
+        val = _validate(ctx)
+        row = _row(epoch + 1, sums, val, lr, train_seconds, time.perf_counter() - t0)
+        _finish_epoch(ctx, epoch + 1, row, {"optimizer": ctx.optimizer.state_dict()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+        if _stop_agreed(ctx):
+            barrier()
+            raise TrainingInterrupted(ctx.stop.signum or 15, str(ctx.ckpt_path), epoch + 1, 0)
+
+
+# ---------------------------------------------------------------- federated averaging
+
+
+def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict | None,
+                on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> None:
+    """Each rank is client k: ``local_epochs`` epochs on its partition, then the n_k/n-weighted
+    average of all clients' weights (eq. 1 of seed 000) becomes everyone's model; repeat."""
+    config, env = ctx.config, ctx.env
+    case_of_item = ctx.train_ds.index[:, 0]
+    parts = partition_clients(case_of_item, env.world_size, config.fed_partition, config.seed,
+                              config.fed_fractions or None)
+    sizes = [len(p) for p in parts]
+    if min(sizes) == 0:
+        raise ValueError(f"fedavg: a client got no training slices (client sizes {sizes}, partition "
+                         f"{config.fed_partition!r}); use fewer clients, partition iid, or more training cases")
+    mine = parts[env.rank]
+    weight = sizes[env.rank] / float(sum(sizes))
+    if env.is_main:
+        log.info("fedavg: %d client(s), %s partition, slices per client %s, %d local epoch(s) per round",
+                 env.world_size, config.fed_partition, sizes, config.local_epochs)
+    subset = Subset(ctx.train_ds, mine.tolist())
+    sampler = _sampler(ctx, subset, mine, 1, 0, config.seed + env.rank)
+    loader = _train_loader(ctx, subset, sampler)
+    e_local = config.local_epochs
+    round_start = start_epoch  # a multiple of local_epochs: the last averaged state
+    round_sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    if client and client.get("round_sums"):
+        round_sums += torch.tensor(client["round_sums"], dtype=torch.float64, device=ctx.device)
+    while round_start < config.epochs:
+        round_end = round_start + e_local
+        t0 = time.perf_counter()
+        result = _EpochResult(0, completed=True)
+        lr = lr_at(round_start, config.epochs, config.lr, config.lr_min, config.warmup_epochs)
+        first = int(position["epoch"]) if position else round_start  # a resumed client may be done already
+        at = {"epoch": round_end, "step": 0}
+        for e in range(first, round_end):
+            _set_phase(ctx, e, wrap_ddp=False)
+            seed_everything(_epoch_seed(config.seed, e, env.rank))
+            data_seed = _epoch_seed(config.seed, e, 0)
+            ctx.train_ds.set_epoch_seed(data_seed)
+            sampler.set_epoch(e)
+            start_step = int(position["step"]) if position and int(position["epoch"]) == e else 0
+            sampler.skip(start_step * config.batch_size)
+            position = None
+            set_lr(ctx.optimizer, lr_at(e, config.epochs, config.lr, config.lr_min, config.warmup_epochs))
+            result = _run_epoch(ctx, loader, e, data_seed, start_step, round_sums, collective=False)
+            if not result.completed:
+                at = {"epoch": e, "step": result.steps}
+                break
+        position = None
+        flags = all_reduce_sum(torch.tensor([float(result.nonfinite), float(ctx.stop.requested)], device=ctx.device))
+        if flags[0] > 0:
+            raise NonFiniteLossError(result.message or f"a federated client's training loss became NaN/inf in round "
+                                     f"ending at epoch {round_end}; stopped before averaging. The last good checkpoint "
+                                     f"({ctx.ckpt_path}, if any) is kept; lower --lr or check the input data.")
+        if flags[1] > 0:  # save every client's own progress in the round, then stop
+            mine_state = {"optimizer": ctx.optimizer.state_dict(), "model": cpu_state_dict(ctx.model),
+                          "position": at, "round_sums": round_sums.tolist()}
+            clients = gather_to_main(mine_state)
+            if env.is_main:
+                _save(ctx, round_start, clients=clients)
+            barrier()
+            raise TrainingInterrupted(ctx.stop.signum or 15, str(ctx.ckpt_path), at["epoch"], at["step"])
+        train_seconds = time.perf_counter() - t0
+        weighted_average_(ctx.model, weight)
+        all_reduce_sum(round_sums)
+        val = _validate(ctx)
+        row = _row(round_end, round_sums, val, lr, train_seconds, time.perf_counter() - t0)
+        clients = gather_to_main({"optimizer": ctx.optimizer.state_dict()})
+        _finish_epoch(ctx, round_end, row, {"clients": clients})
+        round_sums.zero_()
+        round_start = round_end
+        if on_epoch_end is not None:
+            on_epoch_end(round_end, row)
+        if _stop_agreed(ctx):
+            barrier()
+            raise TrainingInterrupted(ctx.stop.signum or 15, str(ctx.ckpt_path), round_end, 0)

@@ -1,0 +1,162 @@
+"""Training throughput: lungseg's whole training pipeline against the bare model step, same run.
+
+* ``pipeline``: :func:`lungseg.training.train.train` on real per-case HDF5 files (demo shape by default:
+  256 x 256 slices resized to ``--image-size``): lazy slice reads, HU windowing, resizing, flips and
+  rotations, DataLoader, forward, loss (BCE + Dice), backward, optimiser step, the per-step NaN /
+  stop-signal check, progress bar. Its images/s is the ``images_per_s`` of ``metrics.csv`` (training
+  part of each epoch, data loading included, validation excluded), the best of its epochs after the
+  first (warm-up).
+* ``bare``: the same model, optimiser (Adam) and loss on random tensors of the same shape, already in
+  memory: ``forward + backward + step`` in a loop of ``--bare-steps`` steps per timed block.
+
+Both run in this process with the same thread budget (``--threads``), interleaved: a bare block before
+the first epoch and after every epoch (from the pipeline's epoch callback), so that a shared machine
+slows both alike. The ratio of epoch e is its images/s over the mean of the bare blocks just before
+and after it; the result is the median over the epochs after the first. On CUDA both use the
+pipeline's defaults there (bf16 autocast, channels_last). Prints the ratio pipeline / bare (goal
+>= 0.9) and writes ``benchmarks/results/training.json`` (or ``--out``).
+
+Run: ``.venv/bin/python benchmarks/bench_training.py [--threads 2] [--image-size 128 --base-channels 16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungseg.casefile import CaseVolume, write_case
+from lungseg.geometry import Geometry
+from lungseg.training.losses import get_loss
+from lungseg.training.models import build_model
+from lungseg.training.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def write_cases(folder: Path, n_cases: int, n_slices: int, size: int) -> list[str]:
+    """Synthetic chest-like cases (body, two lungs, noise) with a lung label, as ingest writes them."""
+    y, x = np.mgrid[:size, :size] / size
+    paths = []
+    for c in range(n_cases):
+        rng = np.random.default_rng(c)
+        body = ((x - 0.5) / 0.42) ** 2 + ((y - 0.52) / 0.32) ** 2 < 1
+        r = 0.18 + 0.02 * rng.random()
+        lungs = (((x - 0.32) / 0.13) ** 2 + ((y - 0.48) / r) ** 2 < 1) | (((x - 0.68) / 0.13) ** 2 + ((y - 0.48) / r) ** 2 < 1)
+        hu = np.where(body, np.where(lungs, -850, 40), -1000).astype(np.int16)
+        image = (np.repeat(hu[None], n_slices, 0) + rng.normal(0, 15, (n_slices, size, size))).astype(np.int16)
+        label = np.repeat(lungs[None], n_slices, 0).astype(np.uint8)
+        path = folder / f"case{c}.h5"
+        write_case(path, CaseVolume(f"bench{c}", image, Geometry((0.7, 0.7, 2.5), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                                    labels={"lung": label}))
+        paths.append(str(path))
+    return paths
+
+
+class Bare:
+    """forward + backward + Adam step of the pipeline's model on random in-memory tensors."""
+
+    def __init__(self, config: TrainConfig, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.cuda = device.type == "cuda"
+        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        self.model = build_model(config.arch, **config.model_kwargs()).to(device).to(memory_format=fmt)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.loss_fn = get_loss(config.loss)
+        shape = (config.batch_size, 1, config.image_size, config.image_size)
+        self.x = torch.rand(shape, device=device).contiguous(memory_format=fmt)
+        self.y = (torch.rand(shape, device=device) > 0.5).float()
+        self.batch = config.batch_size
+        for _ in range(3):  # warm-up
+            self.step()
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext():
+            logits = self.model(self.x)
+        self.loss_fn(logits, self.y).backward()
+        self.optimizer.step()
+
+    def images_per_s(self, steps: int) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return steps * self.batch / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arch", default="unet")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--slice-size", type=int, default=256, help="stored slice size (demo: 256)")
+    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=16, help="slices per case")
+    parser.add_argument("--epochs", type=int, default=6, help="pipeline epochs (the first is warm-up)")
+    parser.add_argument("--bare-steps", type=int, default=6, help="steps per bare block")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = TrainConfig(arch=args.arch, base_channels=args.base_channels, depth=args.depth, image_size=args.image_size,
+                         batch_size=args.batch_size, epochs=args.epochs, threads=args.threads, lr=1e-3,
+                         num_workers=args.num_workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cases = write_cases(tmp, args.cases + 1, args.slices, args.slice_size)
+        bare_model = Bare(config, device)
+        bare = [bare_model.images_per_s(args.bare_steps)]
+        train(config, cases[:-1], cases[-1:], tmp / "run",
+              on_epoch_end=lambda epoch, row: bare.append(bare_model.images_per_s(args.bare_steps)))
+        with open(tmp / "run" / "metrics.csv", newline="") as f:
+            epochs = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+    ratios = [epochs[e] / ((bare[e] + bare[e + 1]) / 2) for e in range(1, len(epochs))]  # epoch 1 is warm-up
+    ratio = float(np.median(ratios))
+    pipeline, bare_best = max(epochs[1:]), max(bare[1:])
+    result = {
+        "benchmark": "training images/s: pipeline vs bare forward+backward+step",
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "config": {"arch": args.arch, "base_channels": args.base_channels, "depth": args.depth,
+                   "image_size": args.image_size, "batch_size": args.batch_size, "slice_size": args.slice_size,
+                   "train_slices": args.cases * args.slices, "num_workers": args.num_workers,
+                   "amp": "bf16" if device.type == "cuda" else "off"},
+        "pipeline_images_per_s_by_epoch": [round(v, 2) for v in epochs],
+        "bare_images_per_s_blocks": [round(v, 2) for v in bare],
+        "ratio_by_epoch": [round(v, 3) for v in ratios],
+        "pipeline_images_per_s_best": round(pipeline, 2),
+        "bare_images_per_s_best": round(bare_best, 2),
+        "ratio_pipeline_over_bare_median": round(ratio, 3),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"pipeline {pipeline:.1f} images/s (epochs {', '.join(f'{v:.1f}' for v in epochs)}), "
+          f"bare {bare_best:.1f} images/s (blocks {', '.join(f'{v:.1f}' for v in bare)}): "
+          f"ratio {ratio:.3f} (median of {', '.join(f'{v:.2f}' for v in ratios)}; goal >= 0.9) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Graceful stop on SIGTERM / SIGUSR1 (what SLURM sends before a time limit or on preemption).
+
+The handler only records the signal; the training loop checks :attr:`StopRequest.signum` between
+steps, writes a checkpoint and raises :class:`TrainingInterrupted`; the command line then exits with
+:data:`REQUEUE_EXIT_CODE` so that a job script (or ``lungseg train-guard``) can requeue the job, and
+the next start resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger("lungseg.train")
+
+#: exit status of a run stopped by a signal after saving its checkpoint (sysexits EX_TEMPFAIL: retry)
+REQUEUE_EXIT_CODE = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a resumable checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: str, epoch: int, step: int) -> None:
+        self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; resumable checkpoint "
+            f"{checkpoint} written. Run the same command again to resume (exit code {REQUEUE_EXIT_CODE}: requeue)"
+        )
+
+
+class StopRequest:
+    """Context manager: while active, SIGTERM / SIGUSR1 set :attr:`signum` instead of killing the process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        if self.signum is None:
+            self.signum = signum
+            log.warning("received %s: stopping after the current step with a checkpoint", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
