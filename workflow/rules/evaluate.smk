@@ -9,6 +9,7 @@ rule evaluate:
         f"{RESULTS}/metrics/cases/{{case}}.json",
     params:
         label=LABEL,
+        detection="--detection" if LABEL == "nodule" else "",
         preds=lambda wildcards, input: " ".join(f"--pred {k}={v}" for k, v in input.items() if k != "case"),
     log:
         "logs/evaluate/{case}.log",
@@ -17,7 +18,8 @@ rule evaluate:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg evaluate --case {input.case} --label {params.label} {params.preds} -o {output} > {log} 2>&1"
+        "lungseg evaluate --case {input.case} --label {params.label} {params.preds} {params.detection}"
+        " -o {output} > {log} 2>&1"
 
 
 rule aggregate:
@@ -28,11 +30,19 @@ rule aggregate:
             f"{RESULTS}/metrics/metrics.csv",
             caption="../report/metrics.rst",
             category="Evaluation",
+            subcategory="Tables",
+            labels={"table": "per-case metrics (CSV download)"},
         ),
         json=f"{RESULTS}/metrics/summary.json",
+    params:
+        samples=config["evaluate"]["bootstrap_samples"],
+        seed=config["evaluate"]["bootstrap_seed"],
     log:
         "logs/aggregate/aggregate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/aggregate/aggregate.tsv"
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg aggregate {input} --csv {output.csv} --json {output.json} > {log} 2>&1"
+        "lungseg aggregate {input} --csv {output.csv} --json {output.json}"
+        " --bootstrap-samples {params.samples} --seed {params.seed} > {log} 2>&1"

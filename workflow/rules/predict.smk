@@ -5,10 +5,17 @@ rule predict:
     input:
         model=f"{RESULTS}/model/{LABEL}/model.pt",
         case=f"{RESULTS}/ingest/{{case}}.h5",
+        # the classical lung mask: post-processing, and the region of a model trained on lung crops
+        lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
     output:
         f"{RESULTS}/predictions/{{case}}.nii.gz",
     params:
         batch_size=config["predict"]["batch_size"],
+        flips=config["predict"]["flips"],
+        # --roi-mask is used only if the model was trained on a region of interest (of the lungs)
+        roi=lambda wildcards, input: f"--roi-mask {input.lung}" if config["train"].get("roi_label", "lung") == "lung" else "",
+        lung=lambda wildcards, input: f"--lung-mask {input.lung}" if config["predict"]["restrict_to_lung"] else "",
+        components=config["predict"]["largest_components"],
     threads: config["predict"]["threads"]
     log:
         "logs/predict/{case}.log",
@@ -18,4 +25,5 @@ rule predict:
         "../../envs/preprocess.yaml"
     shell:
         "lungseg predict {input.case} --model {input.model} -o {output}"
-        " --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
+        " --batch-size {params.batch_size} --threads {threads} --flips {params.flips} {params.roi} {params.lung}"
+        " --largest-components {params.components} > {log} 2>&1"

@@ -1,4 +1,9 @@
-# Figures for `snakemake --report`: training curves and per-case overlays.
+# Tables and figures for `snakemake --report`, in four categories: Data, Training, Evaluation, Workflow details.
+import json
+
+WORKFLOW_PAGES = {
+    name: f"{RESULTS}/report/workflow/{name}.html" for name in ("config", "versions", "runtimes")
+}
 
 
 rule plot_training:
@@ -12,6 +17,8 @@ rule plot_training:
         ),
     log:
         "logs/plot_training/plot_training.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_training/plot_training.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -27,14 +34,154 @@ rule plot_overlay:
             f"{RESULTS}/plots/overlays/{{case}}.png",
             caption="../report/overlay.rst",
             category="Evaluation",
-            subcategory="Overlays",
+            subcategory="Overlays of every test case",
             labels={"case": "{case}"},
         ),
     params:
         label=LABEL,
     log:
         "logs/plot_overlay/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_overlay/{{case}}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
         "lungseg plot-overlay --case {input.case} --pred {input.pred} --label {params.label} -o {output} > {log} 2>&1"
+
+
+rule cohort_table:
+    input:
+        cases=lambda wildcards: [case_file(c) for c in good_cases()],
+        split=f"{RESULTS}/split.tsv",
+    output:
+        report(
+            f"{RESULTS}/report/cohort.html",
+            caption="../report/cohort.rst",
+            category="Data",
+            subcategory="Cohort",
+            labels={"table": "cohort"},
+        ),
+    log:
+        "logs/cohort_table/cohort_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cohort_table/cohort_table.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report cohort {input.cases} --split {input.split} -o {output} > {log} 2>&1"
+
+
+rule metrics_table:
+    input:
+        summary=f"{RESULTS}/metrics/summary.json",
+        csv=f"{RESULTS}/metrics/metrics.csv",
+    output:
+        report(
+            f"{RESULTS}/report/metrics.html",
+            caption="../report/metrics_table.rst",
+            category="Evaluation",
+            subcategory="Tables",
+            labels={"table": "summary with 95% CIs, per case"},
+        ),
+    log:
+        "logs/metrics_table/metrics_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/metrics_table/metrics_table.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report metrics --summary {input.summary} --csv {input.csv} -o {output} > {log} 2>&1"
+
+
+rule metrics_distribution:
+    input:
+        f"{RESULTS}/metrics/metrics.csv",
+    output:
+        report(
+            f"{RESULTS}/report/metrics_distribution.png",
+            caption="../report/metrics_distribution.rst",
+            category="Evaluation",
+            subcategory="Figures",
+            labels={"figure": "per-case distribution"},
+        ),
+    log:
+        "logs/metrics_distribution/metrics_distribution.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/metrics_distribution/metrics_distribution.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report distribution {input} -o {output} > {log} 2>&1"
+
+
+rule extreme_cases:
+    input:
+        csv=f"{RESULTS}/metrics/metrics.csv",
+        cases=lambda wildcards: [case_file(c) for c in cases_in("test")],
+        preds=lambda wildcards: [f"{RESULTS}/predictions/{c}.nii.gz" for c in cases_in("test")],
+    output:
+        worst=report(
+            f"{RESULTS}/report/worst_cases.png",
+            caption="../report/worst_cases.rst",
+            category="Evaluation",
+            subcategory="Figures",
+            labels={"figure": "worst cases"},
+        ),
+        best=report(
+            f"{RESULTS}/report/best_cases.png",
+            caption="../report/best_cases.rst",
+            category="Evaluation",
+            subcategory="Figures",
+            labels={"figure": "best cases"},
+        ),
+    params:
+        label=LABEL,
+        pairs=lambda wildcards, input: " ".join(f"--pair {c}={p}" for c, p in zip(input.cases, input.preds)),
+        n_cases=config["report"]["extreme_cases"],
+        n_slices=config["report"]["overlay_slices"],
+    log:
+        "logs/extreme_cases/extreme_cases.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extreme_cases/extreme_cases.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report extremes --csv {input.csv} {params.pairs} --label {params.label} --method unet --metric dice"
+        " --cases {params.n_cases} --slices {params.n_slices} --worst {output.worst} --best {output.best} > {log} 2>&1"
+
+
+rule workflow_pages:
+    input:
+        # every final output but these pages: they are made last, so the run-time table is complete
+        lambda wildcards: [p for p in flatten(all_outputs(wildcards)) if p not in WORKFLOW_PAGES.values()],
+    output:
+        config=report(
+            WORKFLOW_PAGES["config"],
+            caption="../report/config.rst",
+            category="Workflow details",
+            labels={"page": "configuration"},
+        ),
+        versions=report(
+            WORKFLOW_PAGES["versions"],
+            caption="../report/versions.rst",
+            category="Workflow details",
+            labels={"page": "software versions"},
+        ),
+        runtimes=report(
+            WORKFLOW_PAGES["runtimes"],
+            caption="../report/runtimes.rst",
+            category="Workflow details",
+            labels={"page": "run times"},
+        ),
+    params:
+        config=json.dumps(config, sort_keys=True),
+        benchmarks=f"{RESULTS}/benchmarks",
+    log:
+        "logs/workflow_pages/workflow_pages.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/workflow_pages/workflow_pages.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report workflow --config-json {params.config:q} --benchmarks {params.benchmarks}"
+        " --config-out {output.config} --versions-out {output.versions} --runtimes-out {output.runtimes} > {log} 2>&1"

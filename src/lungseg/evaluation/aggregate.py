@@ -1,4 +1,10 @@
-"""``lungseg aggregate``: per-case metric rows -> one CSV table and a JSON summary per method."""
+"""``lungseg aggregate``: per-case metric rows -> one CSV table and a JSON summary per method.
+
+Per method and metric: mean, std, median, min, max and a seeded percentile-bootstrap 95% CI of the
+mean over cases (NaNs skipped and counted). With nodule detection rows (``lungseg evaluate
+--detection``) also the pooled sensitivity (all detected / all reference nodules) and false positives
+per scan, each with a bootstrap CI over cases.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from lungseg.atomic import write_text_atomic
+from lungseg.evaluation.bootstrap import DEFAULT_SAMPLES, bootstrap_ci, bootstrap_ratio_ci
+from lungseg.evaluation.detection import DETECTION_METRICS
 from lungseg.evaluation.metrics import METRICS
 
 
@@ -23,35 +31,62 @@ def load_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
-def summarise(rows: list[dict]) -> dict[str, dict]:
-    """Per method: for each metric mean, std, median, min, max over cases; NaNs skipped and counted."""
+def _metric_stats(values: np.ndarray, samples: int, seed: int) -> dict:
+    finite = values[np.isfinite(values)]
+    ci = bootstrap_ci(finite, samples=samples, seed=seed)
+    return {
+        "mean": float(finite.mean()) if finite.size else None,
+        "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+        "median": float(np.median(finite)) if finite.size else None,
+        "min": float(finite.min()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
+        "ci95": list(ci) if ci else None,
+        "n": int(finite.size),
+        "n_undefined": int(values.size - finite.size),
+    }
+
+
+def _detection_summary(subset: list[dict], samples: int, seed: int) -> dict:
+    nodules = np.asarray([r["n_nodules"] for r in subset], dtype=float)
+    detected = np.asarray([r["n_detected"] for r in subset], dtype=float)
+    false_pos = np.asarray([r["n_false_positives"] for r in subset], dtype=float)
+    fp_ci = bootstrap_ci(false_pos, samples=samples, seed=seed)
+    sens_ci = bootstrap_ratio_ci(detected, nodules, samples=samples, seed=seed)
+    return {
+        "n_nodules": int(nodules.sum()),
+        "n_detected": int(detected.sum()),
+        "sensitivity": float(detected.sum() / nodules.sum()) if nodules.sum() else None,
+        "sensitivity_ci95": list(sens_ci) if sens_ci else None,
+        "false_positives_per_scan": float(false_pos.mean()),
+        "false_positives_per_scan_ci95": list(fp_ci) if fp_ci else None,
+    }
+
+
+def summarise(rows: list[dict], samples: int = DEFAULT_SAMPLES, seed: int = 0) -> dict[str, dict]:
+    """Per method: statistics of every metric over cases (see the module docstring)."""
     summary: dict[str, dict] = {}
     for method in sorted({r["method"] for r in rows}):
         subset = [r for r in rows if r["method"] == method]
-        stats: dict[str, dict] = {}
-        for metric in METRICS:
-            values = np.asarray([r[metric] for r in subset], dtype=float)
-            finite = values[np.isfinite(values)]
-            stats[metric] = {
-                "mean": float(finite.mean()) if finite.size else None,
-                "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
-                "median": float(np.median(finite)) if finite.size else None,
-                "min": float(finite.min()) if finite.size else None,
-                "max": float(finite.max()) if finite.size else None,
-                "n": int(finite.size),
-                "n_undefined": int(values.size - finite.size),
-            }
-        summary[method] = {"n_cases": len(subset), "metrics": stats}
+        stats = {m: _metric_stats(np.asarray([r[m] for r in subset], dtype=float), samples, seed) for m in METRICS}
+        summary[method] = {
+            "n_cases": len(subset),
+            "metrics": stats,
+            "bootstrap": {"samples": samples, "seed": seed, "level": 0.95, "method": "percentile, cases resampled"},
+        }
+        if all("n_nodules" in r for r in subset):
+            summary[method]["detection"] = _detection_summary(subset, samples, seed)
     return summary
 
 
 def rows_to_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    fields = ["case_id", "label", "method", *METRICS]
+    detection = [m for m in DETECTION_METRICS if any(m in r for r in rows)]
+    fields = ["case_id", "label", "method", *METRICS, *detection]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in sorted(rows, key=lambda r: (r["method"], r["case_id"])):
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v)
+                         for k, v in row.items()})
     return buffer.getvalue()
 
 
@@ -59,14 +94,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="per-case metric JSON files from `lungseg evaluate`")
     parser.add_argument("--csv", type=Path, required=True, help="table with one row per case and method")
     parser.add_argument("--json", type=Path, required=True, help="summary statistics per method")
+    parser.add_argument("--bootstrap-samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"bootstrap resamples for the 95%% CIs (default: {DEFAULT_SAMPLES})")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bootstrap_samples < 1:
+        raise SystemExit("lungseg aggregate: error: --bootstrap-samples must be >= 1")
     rows = load_rows(args.inputs)
-    summary = summarise(rows)
+    summary = summarise(rows, samples=args.bootstrap_samples, seed=args.seed)
     write_text_atomic(args.csv, rows_to_csv(rows))
     write_text_atomic(args.json, json.dumps(summary, indent=2) + "\n")
     for method, s in summary.items():
         dice = s["metrics"]["dice"]
-        print(f"{method}: mean Dice {dice['mean']:.4f} over {s['n_cases']} case(s)")
+        ci = f" (95% CI {dice['ci95'][0]:.4f}-{dice['ci95'][1]:.4f})" if dice["ci95"] else ""
+        mean = f"{dice['mean']:.4f}" if dice["mean"] is not None else "undefined"
+        print(f"{method}: mean Dice {mean}{ci} over {s['n_cases']} case(s)")
     return 0

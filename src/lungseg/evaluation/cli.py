@@ -12,8 +12,10 @@ import numpy as np
 
 from lungseg.atomic import write_text_atomic
 from lungseg.casefile import open_case
+from lungseg.evaluation.detection import detection_counts
 from lungseg.evaluation.metrics import segmentation_metrics
 from lungseg.geometry import Geometry, read_volume
+from lungseg.ingest.errors import IngestError
 
 log = logging.getLogger("lungseg.evaluate")
 BASELINE = "all_background"
@@ -30,12 +32,12 @@ def _same_grid(a: Geometry, b: Geometry) -> bool:
     return all(np.allclose(getattr(a, k), getattr(b, k), atol=1e-3) for k in ("spacing", "origin", "direction"))
 
 
-def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path]) -> list[dict]:
-    """One row per method (plus the all-background baseline) with every metric."""
+def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], detection: bool = False) -> list[dict]:
+    """One row per method (plus the all-background baseline) with every metric (and nodule detection counts)."""
     with open_case(case_path) as f:
         if label not in f["labels"]:
-            raise ValueError(f"{case_path} has no reference label '{label}' (it has {sorted(f['labels'])}); "
-                             "give the case a label mask at ingest or evaluate another target")
+            raise IngestError(case_path, f"has no reference label '{label}' (it has {sorted(f['labels'])})",
+                              "give the case a label mask at ingest or evaluate another target")
         reference = f["labels"][label][()]
         geometry = Geometry.from_attrs(f.attrs)
         case_id = str(f.attrs["case_id"])
@@ -43,10 +45,11 @@ def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path]) -> 
     for method, path in predictions.items():
         mask, pred_geometry = read_volume(str(path))
         if mask.shape != reference.shape or not _same_grid(pred_geometry, geometry):
-            raise ValueError(f"{path} is not on the grid of {case_path} (shape {mask.shape} vs {reference.shape}); "
-                             "write predictions in the scan's own geometry (lungseg predict does)")
+            raise IngestError(path, f"is not on the grid of {case_path} (shape {mask.shape} vs {reference.shape})",
+                              "write predictions in the scan's own geometry (lungseg predict does)")
         masks[method] = mask
-    return [{"case_id": case_id, "label": label, "method": m, **segmentation_metrics(mask, reference, geometry)}
+    return [{"case_id": case_id, "label": label, "method": m, **segmentation_metrics(mask, reference, geometry),
+             **(detection_counts(mask, reference) if detection else {})}
             for m, mask in masks.items()]
 
 
@@ -55,15 +58,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default="lung", help="reference label name in the case file (default: lung)")
     parser.add_argument("--pred", action="append", type=_method_arg, required=True, metavar="METHOD=PATH",
                         help="predicted mask volume of a method (repeatable)")
+    parser.add_argument("--detection", action="store_true",
+                        help="also count nodules found (connected components matched by overlap) and false positives")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file with one row per method")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    rows = evaluate_case(args.case, args.label, dict(args.pred))
+    rows = evaluate_case(args.case, args.label, dict(args.pred), detection=args.detection)
     # JSON has no NaN: write null, read back as NaN by the aggregator
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     write_text_atomic(args.output, json.dumps(clean, indent=2) + "\n")
     for row in rows:
         log.info("case %s %s: Dice %.4f IoU %.4f HD95 %.2f mm", row["case_id"], row["method"], row["dice"], row["iou"], row["hd95_mm"])
+        if args.detection:
+            log.info("case %s %s: %d of %d nodule(s) found, %d false positive component(s)", row["case_id"],
+                     row["method"], row["n_detected"], row["n_nodules"], row["n_false_positives"])
     return 0

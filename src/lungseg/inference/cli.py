@@ -1,18 +1,27 @@
-"""``lungseg predict``: mask a study with a trained model; output in the scan's own geometry."""
+"""``lungseg predict``: mask one study with a trained model; the mask is written in the scan's own geometry.
+
+The study may be an ingested case (``.h5``), a DICOM series folder or a CT volume (NIfTI, NRRD, MHA);
+DICOM folders and volumes go through the same reader as ``lungseg ingest``, so a study that fails
+ingest fails here with the same one-line message.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lungseg.casefile import read_case
-from lungseg.geometry import write_volume
-from lungseg.inference.predict import predict_volume
+from lungseg.geometry import Geometry, read_volume, write_volume
+from lungseg.inference.model import load_predictor
+from lungseg.inference.postprocess import classical_lung_mask, keep_largest_components, restrict_to
+from lungseg.inference.predict import FLIPS, model_roi, predict_volume
+from lungseg.ingest.errors import IngestError
 from lungseg.ingest.scan import read_scan
-from lungseg.training.checkpoint import load_model
 
 log = logging.getLogger("lungseg.predict")
 
@@ -21,22 +30,86 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="ingested case (.h5), DICOM series folder, or CT volume (.nii.gz, .mha, ...)")
     parser.add_argument("--model", type=Path, required=True, help="model file written by `lungseg train` (model.pt)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask volume to write (.nii.gz, .mha, ...)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default: 16)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--flips", choices=list(FLIPS), default="none",
+                        help="test-time flips averaged with the plain prediction: x = left-right, y = front-back, "
+                             "xy = both and their combination (default: none)")
+    parser.add_argument("--lung-mask", default=None, metavar="PATH|auto",
+                        help="keep only voxels inside this lung mask (a volume on the scan's grid, e.g. from "
+                             "`lungseg lung-mask`), or 'auto' to compute the classical lung mask here")
+    parser.add_argument("--roi-mask", default="auto", metavar="PATH|auto",
+                        help="for a model trained on a region of interest (`lungseg train --roi crop|mask`): a mask of "
+                             "that region on the scan's grid, or 'auto' (default) for the classical lung mask; "
+                             "ignored for models trained on whole slices")
+    parser.add_argument("--largest-components", type=int, default=0, metavar="N",
+                        help="keep only the N largest 3-D connected components (0 = keep all; 2 suits lungs)")
+
+
+def _load_study(path: Path) -> tuple[np.ndarray, Geometry, str]:
+    """HU volume, geometry and a pseudonymous name of the study (never a patient identifier)."""
+    if not path.exists():
+        raise IngestError(path, "does not exist", "give a DICOM series folder, a CT volume or an ingested .h5 case")
+    if path.suffix == ".h5":
+        try:
+            case = read_case(path, labels=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise IngestError(path, f"is not a readable lungseg case file ({exc})", "re-run `lungseg ingest` or pass the DICOM folder") from exc
+        return case.image, case.geometry, case.case_id
+    hu, geometry, _ = read_scan(path)
+    return hu, geometry, "input study"
+
+
+def _region(spec: str, hu: np.ndarray, geometry: Geometry, computed: dict[str, np.ndarray]) -> np.ndarray:
+    """A mask on the scan's grid: read from ``spec``, or the classical lung mask for ``auto`` (computed once)."""
+    if spec == "auto":
+        if "auto" not in computed:
+            computed["auto"] = classical_lung_mask(hu, geometry)
+        return computed["auto"]
+    path = Path(spec)
+    try:
+        region, region_geometry = read_volume(str(path))
+    except RuntimeError as exc:
+        raise IngestError(path, "cannot be read as a mask volume", "give a NIfTI/NRRD/MHA mask or 'auto'") from exc
+    same = region.shape == hu.shape and all(
+        np.allclose(getattr(region_geometry, k), getattr(geometry, k), atol=1e-3) for k in ("spacing", "origin", "direction"))
+    if not same:
+        raise IngestError(path, f"is not on the scan's grid (shape {region.shape} vs {hu.shape})",
+                          "give a mask of this scan (lungseg lung-mask writes it in the scan's geometry) or 'auto'")
+    return region
+
+
+def _roi_mask(args: argparse.Namespace, meta: dict, hu: np.ndarray, geometry: Geometry,
+              computed: dict[str, np.ndarray]) -> np.ndarray | None:
+    roi = model_roi(meta)
+    if roi["mode"] == "none":
+        return None
+    if args.roi_mask == "auto" and roi["label"] not in ("lung", ""):
+        raise IngestError(args.model, f"was trained on a '{roi['label']}' region, which 'auto' (a lung mask) cannot give",
+                          f"pass --roi-mask with a '{roi['label']}' mask of this scan")
+    return _region(args.roi_mask, hu, geometry, computed)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.batch_size < 1 or args.largest_components < 0 or (args.threads is not None and args.threads < 1):
+        raise SystemExit("lungseg predict: error: --batch-size and --threads must be >= 1, --largest-components >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.input.suffix == ".h5":
-        case = read_case(args.input, labels=False)
-        hu, geometry, name = case.image, case.geometry, case.case_id
-    else:
-        hu, geometry, _ = read_scan(args.input)
-        name = "input scan"
-    model, meta = load_model(args.model, map_location="cpu")
-    mask = predict_volume(model, meta, hu, batch_size=args.batch_size)
+    model, meta = load_predictor(args.model)  # fail fast on a wrong model, before reading the study
+    hu, geometry, name = _load_study(args.input)
+    computed: dict[str, np.ndarray] = {}
+    roi_mask = _roi_mask(args, meta, hu, geometry, computed)
+    start = time.perf_counter()
+    mask = predict_volume(model, meta, hu, batch_size=args.batch_size, flips=args.flips, roi_mask=roi_mask)
+    seconds = time.perf_counter() - start
+    if args.lung_mask:
+        mask = restrict_to(mask, _region(args.lung_mask, hu, geometry, computed))
+    if args.largest_components:
+        mask = keep_largest_components(mask, args.largest_components)
     write_volume(str(args.output), mask, geometry)
-    log.info("%s: %d slices, %d voxels predicted %s -> %s", name, hu.shape[0], int(mask.sum()), meta.get("label", "?"), args.output)
+    log.info("%s: %d slices of %dx%d, %s model (roi %s), flips %s, %d threads: inference %.2f s (%.1f ms/slice); "
+             "%d voxels -> %s", name, *hu.shape, meta.get("label", "?"), model_roi(meta)["mode"], args.flips,
+             torch.get_num_threads(), seconds,
+             1000 * seconds / max(hu.shape[0], 1), int(mask.sum()), args.output)
     return 0

@@ -1,0 +1,79 @@
+"""``lungseg report SECTION``: the tables and figures of the Snakemake report (one section per call)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lungseg.atomic import write_text_atomic
+
+
+def _pair(text: str) -> tuple[Path, Path]:
+    case, sep, pred = text.partition("=")
+    if not sep or not case or not pred:
+        raise argparse.ArgumentTypeError(f"expected CASE.h5=PRED.nii.gz, got {text!r}")
+    return Path(case), Path(pred)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sections = parser.add_subparsers(dest="section", metavar="SECTION", required=True)
+    p = sections.add_parser("cohort", help="cohort table (HTML) from the ingested case files and the split")
+    p.add_argument("cases", nargs="+", type=Path, help="case HDF5 files")
+    p.add_argument("--split", type=Path, required=True, help="split.tsv written by `lungseg split`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
+
+    p = sections.add_parser("metrics", help="metrics tables (HTML): summary with bootstrap CIs, detection, per case")
+    p.add_argument("--summary", type=Path, required=True, help="summary.json from `lungseg aggregate`")
+    p.add_argument("--csv", type=Path, required=True, help="metrics.csv from `lungseg aggregate`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
+
+    p = sections.add_parser("distribution", help="per-case metric distribution plot (PNG)")
+    p.add_argument("csv", type=Path, help="metrics.csv from `lungseg aggregate`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
+
+    p = sections.add_parser("extremes", help="worst and best cases as overlay montages (PNG)")
+    p.add_argument("--csv", type=Path, required=True, help="metrics.csv from `lungseg aggregate`")
+    p.add_argument("--pair", type=_pair, action="append", required=True, metavar="CASE.h5=PRED",
+                   help="a test case and its predicted mask (repeatable)")
+    p.add_argument("--label", default="lung", help="reference label name (default: lung)")
+    p.add_argument("--method", default="unet", help="method whose cases are ranked (default: unet)")
+    p.add_argument("--metric", default="dice", help="per-case metric to rank by (default: dice)")
+    p.add_argument("--cases", type=int, default=3, help="cases per montage (default: 3)")
+    p.add_argument("--slices", type=int, default=5, help="slices per case (default: 5)")
+    p.add_argument("--worst", type=Path, required=True, help="PNG of the worst cases")
+    p.add_argument("--best", type=Path, required=True, help="PNG of the best cases")
+
+    p = sections.add_parser("workflow", help="configuration, software versions and run times (HTML pages)")
+    p.add_argument("--config-json", required=True, help="the run's configuration as a JSON string")
+    p.add_argument("--benchmarks", type=Path, required=True, help="folder of Snakemake benchmark files (<rule>/*.tsv)")
+    p.add_argument("--config-out", type=Path, required=True)
+    p.add_argument("--versions-out", type=Path, required=True)
+    p.add_argument("--runtimes-out", type=Path, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.section == "cohort":
+        from lungseg.report.cohort import cohort_html
+
+        write_text_atomic(args.output, cohort_html(args.cases, args.split))
+    elif args.section == "metrics":
+        from lungseg.report.metrics_table import load, metrics_html
+
+        write_text_atomic(args.output, metrics_html(*load(args.summary, args.csv)))
+    elif args.section == "distribution":
+        from lungseg.report.distribution import plot_distribution
+
+        plot_distribution(args.csv, args.output)
+    elif args.section == "extremes":
+        from lungseg.report.extremes import plot_extremes
+
+        plot_extremes(args.csv, args.pair, args.label, args.worst, args.best, method=args.method, metric=args.metric,
+                      n_cases=args.cases, n_slices=args.slices)
+    elif args.section == "workflow":
+        from lungseg.report.workflow_info import config_html, runtimes_html, versions_html
+
+        write_text_atomic(args.config_out, config_html(json.loads(args.config_json)))
+        write_text_atomic(args.versions_out, versions_html())
+        write_text_atomic(args.runtimes_out, runtimes_html(args.benchmarks))
+    return 0
