@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_outputs_exist(run_dir):
                  f"plots/overlays/{test_cases[0]}.png", "model/lung/model.pt", "model/lung/metrics.csv"):
         assert (results / name).is_file(), name
     summary = json.loads((results / "metrics/summary.json").read_text())
-    assert set(summary) == {"unet", "seed001", "all_background"}
+    assert set(summary) == {"unet", "lungmask_default", "all_background"}
     assert summary["all_background"]["metrics"]["dice"]["mean"] == 0.0
     for case in CASES:
         assert (run_dir / "logs/ingest" / f"{case}.log").is_file()
@@ -151,3 +152,47 @@ def test_bad_series_is_quarantined_and_the_cohort_completes(run_dir, tmp_path):
     split = (workdir / "results/split.tsv").read_text()
     assert "broken" not in split and all(case in split for case in CASES)
     assert (workdir / "results/metrics/summary.json").is_file()
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def rendered_dom(report: Path, tmp_path: Path, script: str = "") -> str:
+    """The report's DOM after headless Chromium ran its JavaScript (``script`` runs 200 ms after load)."""
+    page = report.read_text()
+    if script:
+        hook = f"<script>window.addEventListener('load', () => setTimeout(() => {{ {script} }}, 200));</script>"
+        cut = page.rfind("</body>")
+        page = page[:cut] + hook + page[cut:]
+    copy = tmp_path / f"report{abs(hash(script))}.html"
+    copy.write_text(page)
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    """Open results/report.html as a browser would and find the four result categories and their items."""
+    if not CHROMIUM:
+        pytest.skip("chromium not found: install the Debian package `chromium` (listed in .ci/apt-packages.txt) "
+                    "to check the rendered report")
+    report = run_dir / "results/report.html"
+    main = rendered_dom(report, tmp_path)
+    menu = set(re.findall(r"<span>([^<]+)</span>", main))
+    assert {"Workflow", "Statistics", "About", "Data", "Evaluation", "Training", "Workflow details"} <= menu, menu
+    assert "Results are grouped in four categories" in main  # the workflow description, rendered from RST
+
+    def listed(category: str, subcategory: str | None = None) -> set[str]:
+        view = {"navbarMode": "subcategory", "category": category, "subcategory": subcategory}
+        script = f"app.setView({json.dumps(view)});" if subcategory else f"app.showCategory({json.dumps(category)});"
+        return {m.strip() for m in re.findall(r">([^<>]+)<", rendered_dom(report, tmp_path, script))}
+
+    assert {"Figures", "Tables", "Overlays of every test case"} <= listed("Evaluation")
+    assert {"worst cases", "best cases", "per-case distribution"} <= listed("Evaluation", "Figures")
+    assert {"summary with 95% CIs, per case"} <= listed("Evaluation", "Tables")
+    assert {"cohort"} <= listed("Data", "Cohort")
+    assert {"configuration", "software versions", "run times"} <= listed("Workflow details", "Other")
+    # every report item carries a caption that says what it shows
+    for caption in ("Cohort: one row per case", "Where the model fails", "with the highest Dice", "Distribution of per-case",
+                    "95% percentile-bootstrap", "Run time per rule", "configuration of this run", "Software that made"):
+        assert caption in main, caption

@@ -1,6 +1,7 @@
 # Config validation, the case table and input functions shared by all rules.
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -16,6 +17,10 @@ min_version("8.10")
 
 
 validate(config, "../schemas/config.schema.yaml")
+
+# the checkout the conda environments (envs/*.yaml, --software-deployment-method conda) install
+# lungseg from: pip expands ${LUNGSEG_ROOT} in their pip sections
+os.environ.update(LUNGSEG_ROOT=workflow.basedir)
 
 RESULTS = config["results"]
 LABEL = config["train"]["label"]
@@ -103,8 +108,8 @@ def train_config_hash():
 
 def predictions_to_evaluate(wildcards):
     preds = {"unet": f"{RESULTS}/predictions/{wildcards.case}.nii.gz"}
-    if LABEL == "lung":  # the classical lung mask is a baseline for the lung target
-        preds["seed001"] = f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"
+    if LABEL == "lung":  # the classical lung mask (of the configured method) is a baseline for the lung target
+        preds[f"lungmask_{config['lung_mask']['method']}"] = f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"
     return preds
 
 
@@ -119,9 +124,19 @@ def all_outputs(wildcards):
         f"{RESULTS}/split.tsv",
         f"{RESULTS}/quarantine.tsv",
         expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
+        f"{RESULTS}/lungmask/qa.tsv",  # lung-mask QA of every case (workflow/rules/lungmask.smk)
         expand(f"{RESULTS}/predictions/{{case}}.nii.gz", case=test),
         f"{RESULTS}/metrics/metrics.csv",
         f"{RESULTS}/metrics/summary.json",
         f"{RESULTS}/plots/training_curves.png",
+        f"{RESULTS}/scaling/scaling.csv",  # scaling study (workflow/rules/scaling.smk)
+        f"{RESULTS}/scaling/scaling.png",
         expand(f"{RESULTS}/plots/overlays/{{case}}.png", case=test),
+        # report pages and figures (workflow/rules/report.smk)
+        f"{RESULTS}/report/cohort.html",
+        f"{RESULTS}/report/metrics.html",
+        f"{RESULTS}/report/metrics_distribution.png",
+        f"{RESULTS}/report/worst_cases.png",
+        f"{RESULTS}/report/best_cases.png",
+        expand(f"{RESULTS}/report/workflow/{{page}}.html", page=["config", "versions", "runtimes"]),
     ])
