@@ -29,6 +29,9 @@ def test_shipped_config_is_valid(config):
         (lambda c: c.update(source="pacs"), "['source']"),
         (lambda c: c["split"].update(fractions=[0.8, 0.2]), "['split']['fractions']"),
         (lambda c: c["train"].pop("label"), "'label' is a required property"),
+        (lambda c: (c.update(source="discover"), c.pop("discover")), "'discover' is a required property"),
+        (lambda c: c["ingest"].update(target_spacing=[1.0, 1.0]), "['ingest']['target_spacing']"),
+        (lambda c: c["ingest"].update(target_spacing=[1.0, 0, 1.0]), "['ingest']['target_spacing']"),
     ],
 )
 def test_bad_config_names_the_key(config, mutate, expected):
@@ -37,3 +40,11 @@ def test_bad_config_names_the_key(config, mutate, expected):
     with pytest.raises(WorkflowError) as err:
         validate(bad, SCHEMA)
     assert expected in str(err.value)
+
+
+def test_ingest_section_defaults(config):
+    """A config from before the ingest section still validates; the defaults keep every scan's grid."""
+    old = copy.deepcopy(config)
+    old.pop("ingest")
+    validate(old, SCHEMA)
+    assert old["ingest"] == {"target_spacing": None, "max_gap": 1.5, "lidc_agreement": 0.5}

@@ -1,4 +1,5 @@
 # Config validation, the case table and input functions shared by all rules.
+import functools
 import hashlib
 import json
 import os
@@ -38,26 +39,51 @@ def _read_case_sheet(path):
         raise WorkflowError(str(exc)) from None
 
 
-def _case_table():
-    if config["source"] == "demo":
-        folder = config["demo"]["folder"]
-        return {
-            case: {
-                "case_id": case,
-                "patient_id": case,
-                "dicom": f"{folder}/{case}/dicom",
-                "label_lung": f"{folder}/{case}/labels/lung.nii.gz",
-                "label_nodule": f"{folder}/{case}/labels/nodule.nii.gz",
-            }
-            for case in demo_case_ids(config["demo"]["n_cases"])
+def _demo_case_table():
+    folder = config["demo"]["folder"]
+    return {
+        case: {
+            "case_id": case,
+            "patient_id": case,
+            "dicom": f"{folder}/{case}/dicom",
+            "label_lung": f"{folder}/{case}/labels/lung.nii.gz",
+            "label_nodule": f"{folder}/{case}/labels/nodule.nii.gz",
         }
-    return _read_case_sheet(config["cases"])
+        for case in demo_case_ids(config["demo"]["n_cases"])
+    }
 
 
-CASES = _case_table()
+#: the case sheet the split reads: the user's (source: cases), the discovery checkpoint's (source:
+#: discover) or one written from the demo config
+CASE_SHEET = {
+    "cases": config.get("cases"),
+    "discover": f"{RESULTS}/discovered/cases.tsv",
+}.get(config["source"], f"{RESULTS}/cases.tsv")
+#: known when the workflow is parsed (demo, cases); with discover, after the discovery checkpoint ran
+CASES = {"demo": _demo_case_table, "cases": lambda: _read_case_sheet(CASE_SHEET)}.get(config["source"], dict)()
 DEMO_DICOM_NAMES = demo_dicom_names(config["demo"]["seed"], config["demo"]["slices"]) if config["source"] == "demo" else []
-#: the case sheet the split reads: the user's (source: cases) or one written from the demo config
-CASE_SHEET = config["cases"] if config["source"] == "cases" else f"{RESULTS}/cases.tsv"
+
+
+@functools.lru_cache(maxsize=4)
+def _sheet_at(path, mtime_ns):
+    return _read_case_sheet(path)
+
+
+def case_table():
+    """case_id -> case sheet row (dicom, label_<name>, series, lidc_xml, luna16 columns)."""
+    if config["source"] != "discover":
+        return CASES
+    sheet = checkpoints.discover.get().output.cases
+    return _sheet_at(sheet, os.stat(sheet).st_mtime_ns)
+
+
+def all_cases():
+    """Every case of the sheet, good or bad (each gets an ingest status)."""
+    return sorted(case_table())
+
+
+def status_files(wildcards):
+    return [f"{RESULTS}/ingest/{c}.status.json" for c in all_cases()]
 
 
 def split_of_cases():
@@ -78,27 +104,45 @@ def case_file(case):
     return f"{RESULTS}/ingest/{case}.h5"
 
 
-def dicom_files(case):
-    """Every slice file of a case's series: listed as inputs so that changing one reruns that case only."""
-    folder = CASES[case]["dicom"]
+def scan_files(case):
+    """Every file of a case's scan, listed as inputs so that changing one reruns that case only: the
+    series' slices, or a volume (with the .raw/.zraw of a .mhd)."""
+    source = Path(case_table()[case]["dicom"])
     if config["source"] == "demo":
-        return [f"{folder}/{name}" for name in DEMO_DICOM_NAMES]
+        return [str(source / name) for name in DEMO_DICOM_NAMES]
+    if source.is_file():
+        data = [source.with_suffix(s) for s in (".raw", ".zraw")] if source.suffix == ".mhd" else []
+        return [str(source)] + [str(p) for p in data if p.is_file()]
     try:
-        return [str(p) for p in list_dicom_files(Path(folder))]
+        return [str(p) for p in list_dicom_files(source)]
     except IngestError:  # missing or empty folder: the ingest job quarantines the case with the reason
         return []
 
 
+#: optional case sheet columns -> the `lungseg ingest` option their file goes to
+ANNOTATION_COLUMNS = {"lidc_xml": "--lidc-xml", "luna16": "--luna16"}
+
+
 def ingest_inputs(wildcards):
-    """The series' slice files and the label masks (label_<name> columns) of one case."""
-    row = CASES[wildcards.case]
-    inputs = {"dicom": dicom_files(wildcards.case)}
-    inputs.update({k: v for k, v in row.items() if k.startswith("label_") and v})
+    """The scan's files, the label masks (label_<name> columns) and annotation files of one case."""
+    row = case_table()[wildcards.case]
+    inputs = {"scan": scan_files(wildcards.case)}
+    inputs.update({k: v for k, v in row.items() if v and (k.startswith("label_") or k in ANNOTATION_COLUMNS)})
     return inputs
 
 
-def label_args(wildcards, input):
-    return " ".join(f"--label {key[len('label_'):]}={path}" for key, path in input.items() if key.startswith("label_"))
+def ingest_args(wildcards, input):
+    """`lungseg ingest` options of one case: labels, annotations, series selector, config's ingest section."""
+    args = [f"--label {key[len('label_'):]}={path}" for key, path in input.items() if key.startswith("label_")]
+    args += [f"{option} {input[key]}" for key, option in ANNOTATION_COLUMNS.items() if key in input.keys()]
+    row = case_table()[wildcards.case]
+    if row.get("series"):  # one series of a folder holding several (a sheet of `lungseg discover` without links)
+        args.append(f"--series {row['series']} --secret-env {config.get('discover', {}).get('secret_env', 'LUNGSEG_PSEUDONYM_KEY')}")
+    settings = config["ingest"]
+    if settings.get("target_spacing"):
+        args.append("--target-spacing " + " ".join(str(s) for s in settings["target_spacing"]))
+    args.append(f"--max-gap {settings['max_gap']} --agreement {settings['lidc_agreement']}")
+    return " ".join(args)
 
 
 def train_config_hash():

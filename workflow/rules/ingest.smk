@@ -1,5 +1,35 @@
 # DICOM series (+ label masks) -> per-case HDF5 (HU volume, labels, geometry). A bad series does not
 # fail the job: its status file says why (quarantined) and the split leaves it out.
+# With `source: discover` a checkpoint first finds the series below discover.root and writes the sheet.
+
+
+if config["source"] == "discover":
+
+    checkpoint discover:
+        output:
+            cases=f"{RESULTS}/discovered/cases.tsv",
+            skipped=report(
+                f"{RESULTS}/discovered/skipped.tsv",
+                caption="../report/discovery_skipped.rst",
+                category="Data",
+                subcategory="Discovery",
+                labels={"table": "series skipped by discovery"},
+            ),
+            # one folder of links per series: pseudonymous paths in the sheet, inputs and logs
+            links=directory(f"{RESULTS}/discovered/series"),
+        params:
+            root=config["discover"]["root"],
+            min_slices=config["discover"]["min_slices"],
+            secret_env=config["discover"]["secret_env"],
+        log:
+            "logs/discover/discover.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/discover/discover.tsv"
+        conda:
+            "../../envs/preprocess.yaml"
+        shell:
+            "lungseg discover {params.root} -o {output.cases} --skipped {output.skipped} --link-dir {output.links}"
+            " --min-slices {params.min_slices} --secret-env {params.secret_env} --no-progress > {log} 2>&1"
 
 
 rule ingest:
@@ -9,8 +39,8 @@ rule ingest:
         case=f"{RESULTS}/ingest/{{case}}.h5",
         status=f"{RESULTS}/ingest/{{case}}.status.json",
     params:
-        series=lambda wildcards: CASES[wildcards.case]["dicom"],
-        labels=label_args,
+        source=lambda wildcards: case_table()[wildcards.case]["dicom"],
+        options=ingest_args,
     log:
         "logs/ingest/{case}.log",
     benchmark:
@@ -18,13 +48,13 @@ rule ingest:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg ingest {params.series} --case-id {wildcards.case} {params.labels}"
+        "lungseg ingest {params.source} --case-id {wildcards.case} {params.options}"
         " -o {output.case} --status {output.status} > {log} 2>&1"
 
 
 rule quarantine_table:
     input:
-        [f"{RESULTS}/ingest/{c}.status.json" for c in sorted(CASES)],
+        status_files,
     output:
         report(
             f"{RESULTS}/quarantine.tsv",

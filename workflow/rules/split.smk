@@ -16,7 +16,7 @@ if config["source"] == "demo":
 checkpoint split:
     input:
         cases=CASE_SHEET,
-        status=[f"{RESULTS}/ingest/{c}.status.json" for c in sorted(CASES)],
+        status=status_files,
     output:
         f"{RESULTS}/split.tsv",
     params:

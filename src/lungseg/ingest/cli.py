@@ -23,7 +23,7 @@ from lungseg.casefile import write_case, write_quarantined_case
 from lungseg.ingest.dicom_series import DEFAULT_MAX_GAP
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.lidc import DEFAULT_AGREEMENT
-from lungseg.ingest.pseudonym import DEFAULT_SECRET_ENV, Scrubber, resolve_secret
+from lungseg.ingest.pseudonym import Scrubber, add_secret_arguments, resolve_secret
 from lungseg.ingest.quarantine import ok_status, quarantined_status, write_status
 from lungseg.ingest.scan import IngestOptions, ingest_scan
 
@@ -91,16 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="pick one series of a folder holding several "
         "(the `series` column of `lungseg discover`; needs the same secret)",
     )
-    parser.add_argument(
-        "--secret-env",
-        default=DEFAULT_SECRET_ENV,
-        metavar="VAR",
-        help=f"variable holding the pseudonym secret, for --series (default {DEFAULT_SECRET_ENV})",
-    )
-    parser.add_argument("--secret-file", type=Path, help="file holding the pseudonym secret, for --series")
-    parser.add_argument(
-        "--allow-default-secret", action="store_true", help="public demo secret for --series (demo data only)"
-    )
+    add_secret_arguments(parser, "for --series")
     parser.add_argument(
         "--status",
         type=Path,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lungseg.ingest.discover import CASE_COLUMNS, DEFAULT_MIN_SLICES, SKIPPED_COLUMNS, discover, write_table
 from lungseg.ingest.errors import IngestError
-from lungseg.ingest.pseudonym import DEFAULT_SECRET_ENV, resolve_secret
+from lungseg.ingest.pseudonym import add_secret_arguments, resolve_secret
 
 log = logging.getLogger("lungseg.discover")
 
@@ -25,18 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", type=Path, help="top folder of the DICOM tree (any depth)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="case sheet to write (TSV)")
     parser.add_argument("--skipped", type=Path, help="skipped-series table (default: discovery_skipped.tsv beside -o)")
-    parser.add_argument(
-        "--secret-env",
-        default=DEFAULT_SECRET_ENV,
-        metavar="VAR",
-        help=f"environment variable holding the pseudonym secret (default {DEFAULT_SECRET_ENV})",
-    )
-    parser.add_argument("--secret-file", type=Path, help="file holding the pseudonym secret (instead of the variable)")
-    parser.add_argument(
-        "--allow-default-secret",
-        action="store_true",
-        help="use lungseg's public demo secret when no secret is set (demo data only)",
-    )
+    add_secret_arguments(parser)
     parser.add_argument(
         "--min-slices",
         type=int,

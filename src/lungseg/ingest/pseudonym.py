@@ -12,6 +12,8 @@ accession number, institution, and every instance UID) from text such as paths i
 
 from __future__ import annotations
 
+import argparse
+
 import hashlib
 import hmac
 import os
@@ -63,6 +65,23 @@ def resolve_secret(
         "is not set, so no pseudonym secret is available",
         f"export {env_var}=<long random secret kept at your site> (e.g. `openssl rand -hex 32`), "
         "or pass --allow-default-secret for demo data only",
+    )
+
+
+def add_secret_arguments(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """``--secret-env``, ``--secret-file`` and ``--allow-default-secret`` (read by :func:`resolve_secret`)."""
+    suffix = f", {purpose}" if purpose else ""
+    parser.add_argument(
+        "--secret-env",
+        default=DEFAULT_SECRET_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the pseudonym secret{suffix} (default {DEFAULT_SECRET_ENV})",
+    )
+    parser.add_argument("--secret-file", type=Path, help=f"file holding the pseudonym secret (instead of the variable){suffix}")
+    parser.add_argument(
+        "--allow-default-secret",
+        action="store_true",
+        help=f"use lungseg's public demo secret when no secret is set (demo data only){suffix}",
     )
 
 
