@@ -38,7 +38,7 @@ def read_annotations(path: Path, series_uid: str) -> list[tuple[np.ndarray, floa
     except OSError as exc:
         raise IngestError(path, f"cannot be read ({exc.strerror})", "check the annotation path") from exc
     out = []
-    for line, row in enumerate(rows, start=2):
+    for row in rows:
         try:
             centre = np.array([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])])
             diameter = float(row["diameter_mm"])

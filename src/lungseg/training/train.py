@@ -539,8 +539,8 @@ def _fit_ddp(ctx: _Ctx, start_epoch: int, position: dict | None,
     config, env = ctx.config, ctx.env
     sampler = _sampler(ctx, ctx.train_ds, None, env.world_size, env.rank, config.seed)
     loader = _train_loader(ctx, ctx.train_ds, sampler)
-    epoch = position["epoch"] if position else start_epoch
-    for epoch in range(epoch, config.epochs):
+    first_epoch = position["epoch"] if position else start_epoch
+    for epoch in range(first_epoch, config.epochs):
         t0 = time.perf_counter()
         _set_phase(ctx, epoch, wrap_ddp=True)
         seed_everything(_epoch_seed(config.seed, epoch, env.rank))
