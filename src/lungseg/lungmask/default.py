@@ -15,7 +15,10 @@ Steps (sizes in mm, converted per axis, so anisotropic spacing is handled):
    (``closing_z_mm``), then an in-plane octagonal closing rolls along the pleura (``closing_mm``)
    and holes are filled per slice; of what that adds, thin parts (vessels) are kept, and thick
    parts only when they are nodule-like (closed off by lung above and below, at most
-   ``max_nodule_mm`` long); then holes are filled in 3-D.
+   ``max_nodule_mm`` long). Next to such a nodule against the chest wall, the pleura is followed
+   beyond the chord that closing gives: the chest wall's thickness changes slowly, so wall tissue
+   at least as far from the skin as the pleura around the nodule is nodule (``wall_follow_mm``,
+   ``wall_window_mm``, ``wall_tolerance_mm``). Then holes are filled in 3-D.
 6. Back on the full grid: the inside of the coarse mask is kept, its one-block rim follows the
    full-resolution air threshold, so the pleural boundary is exact at the scan's resolution.
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from lungseg.geometry import Geometry
 from lungseg.lungmask.morphology import (
@@ -59,6 +63,9 @@ class DefaultParams:
     closing_z_mm: float = 10.0  #: gaps along z up to twice this long are bridged (nodules seen from above/below)
     thick_mm: float = 4.0  #: additions with an in-plane half-width above this must look like a nodule:
     max_nodule_mm: float = 35.0  #: ... at most this long along z, and closed off by lung above and below
+    wall_follow_mm: float = 6.0  #: next to such a nodule, wall tissue this close and as deep as the pleura is lung
+    wall_window_mm: float = 20.0  #: half-size of the window in which the pleura's depth around a nodule is averaged
+    wall_tolerance_mm: float = 1.5  #: ... and how much shallower than that average the bulging pleura may lie
     min_lung_ml: float = 5.0  #: smaller air components are not lung
     min_lung_fraction: float = 0.02  #: ... nor those smaller than this fraction of the largest
 
@@ -89,18 +96,20 @@ def _airway(candidates: np.ndarray, pure: np.ndarray, params: DefaultParams, pix
     return lumen[labels]
 
 
-def _nodule_like(added: np.ndarray, lung: np.ndarray, thick: tuple[int, int, int], max_slices: int) -> np.ndarray:
+def _nodule_like(added: np.ndarray, lung: np.ndarray, thick: tuple[int, int, int],
+                 max_slices: int) -> tuple[np.ndarray, np.ndarray]:
     """The part of ``added`` (closing / hole filling of ``lung``) that is lung: thin parts and nodules.
 
     Thin additions (vessels, small notches) are kept. A thick addition is kept only if it is a
     nodule-sized blob closed off by lung along z as well: at most ``max_slices`` long, and the
     slices just above and just below its thick core mostly lung (or added). Organs the lung wraps
     around (diaphragm dome, aorta, heart) are longer or continue into non-lung tissue: the in-slice
-    pieces of ``added`` that hold their core are dropped.
+    pieces of ``added`` that hold their core are dropped. Returns the kept additions and, of them,
+    the in-slice pieces holding a kept thick core (the nodules).
     """
     core = erode_octagon(added, thick) & added
     if not core.any():
-        return added
+        return added, np.zeros_like(added)
     labels, n = ndimage.label(core, structure=CONN_3D)
     extent = np.array([0] + [s[0].stop - s[0].start for s in ndimage.find_objects(labels)])
     organ = extent > max_slices
@@ -112,16 +121,68 @@ def _nodule_like(added: np.ndarray, lung: np.ndarray, thick: tuple[int, int, int
         n_closed = np.bincount(next_label[face & closed[ahead]], minlength=n + 1)
         organ |= n_closed < 0.5 * n_face
     organ[0] = False
-    if not organ.any():
-        return added
     pieces, n_pieces = ndimage.label(added, structure=CONN_2D)
     dropped = np.zeros(n_pieces + 1, dtype=bool)
     dropped[pieces[organ[labels]]] = True
     dropped[0] = False
-    return added & ~dropped[pieces]
+    nodule = np.zeros(n_pieces + 1, dtype=bool)
+    nodule[pieces[(labels > 0) & ~organ[labels]]] = True
+    nodule[0] = False
+    nodule &= ~dropped
+    return added & ~dropped[pieces], nodule[pieces]
 
 
-def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, geometry: Geometry,
+def _follow_wall(kept: np.ndarray, nodules: np.ndarray, room: np.ndarray, body: np.ndarray,
+                 box: tuple[slice, slice, slice], spacing: tuple[float, float, float],
+                 params: DefaultParams) -> tuple[slice, np.ndarray]:
+    """Where the pleura under a juxta-pleural nodule bulges out: what to add to ``kept`` (one lung, in
+    ``box`` of the coarse grid), returned as ``zs, added`` for ``kept[zs]``.
+
+    Closing and hole filling take the pleura under a nodule against the chest wall as (at best) the
+    chord between the lung on either side, while a curved chest wall bulges out beyond it. The chest
+    wall's thickness changes slowly along the pleura: the depth of a voxel is its in-plane distance
+    (mm) from the body's outline (the skin), and the pleura's depth near the nodule is the average
+    depth of the lung's boundary against the wall around it (within ``wall_window_mm``, the nodule's
+    own contact left out). Tissue next to the nodule (within ``wall_follow_mm``) at least that deep
+    (less ``wall_tolerance_mm``), and not much deeper, lies inside the pleura: it is nodule, not wall.
+    Depths are only computed where needed (nearest outline point, ``scipy.spatial.cKDTree``).
+    """
+    one = (0, 1, 1)
+    reach = (0, *_voxels(params.wall_follow_mm, spacing[1:], minimum=1))
+    pocket = dilate(nodules, reach) & room & ~kept
+    if not pocket.any():
+        return slice(0, 0), pocket[:0]
+    window = (0, *_voxels(params.wall_window_mm, spacing[1:], minimum=1))
+    z_any = np.flatnonzero(pocket.any(axis=(1, 2)))
+    zs = slice(int(z_any[0]), int(z_any[-1]) + 1)
+    pocket, kept, nodules, room = pocket[zs], kept[zs], nodules[zs], room[zs]
+    # the lung against the wall, off the nodule, near the pocket
+    edge = kept & dilate(room & ~kept, one) & ~dilate(nodules, one) & dilate(pocket, window)
+    slab = body[box[0].start + zs.start: box[0].start + zs.stop]
+    outline = np.nonzero(slab & ~erode(slab, one))  # the skin (where the body is cut by the image: not skin)
+    if outline[0].size == 0:  # no skin in view (body filling the image): no depth to go by
+        return zs, np.zeros_like(pocket)
+    far = 1e3 * (slab.shape[1] * spacing[1] + slab.shape[2] * spacing[2])  # other slices are never nearest
+    scale = np.array([far, spacing[1], spacing[2]])
+    tree = cKDTree(np.column_stack(outline) * scale)
+    where = np.nonzero(pocket | edge)
+    offset = np.array([0, box[1].start, box[2].start])
+    depth = np.zeros(pocket.shape, dtype=np.float32)
+    depth[where] = tree.query((np.column_stack(where) + offset) * scale)[0]
+    size = tuple(2 * w + 1 for w in window)
+    weight = ndimage.uniform_filter(edge.astype(np.float32), size, mode="constant")
+    total = ndimage.uniform_filter(np.where(edge, depth, np.float32(0)), size, mode="constant")
+    pleura = total / np.maximum(weight, np.float32(1e-6))
+    accept = pocket & (weight > 1e-6) & (depth >= pleura - params.wall_tolerance_mm)
+    accept &= depth <= pleura + params.wall_follow_mm
+    labels, n = ndimage.label(accept | nodules, structure=CONN_2D)  # only what touches the nodule in its slice
+    touching = np.zeros(n + 1, dtype=bool)
+    touching[labels[nodules]] = True
+    touching[0] = False
+    return zs, accept & touching[labels]
+
+
+def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, body: np.ndarray, geometry: Geometry,
                  spacing: tuple[float, float, float], params: DefaultParams) -> None:
     """Step 5, in place on the coarse ``lungs`` labels (see the module docstring)."""
     radius = (0, *_voxels(params.closing_mm, spacing[1:]))
@@ -146,7 +207,11 @@ def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, geometry: Geometry,
         room = room_all[box] & (sub != other)
         bridged = lung | (erode(dilate(lung, along_z), along_z, border=False) & room)
         added = fill_holes(close_octagon(bridged, radius) & room, per_slice=True) & room & ~lung
-        kept = lung | _nodule_like(added, lung, thick, max_slices)
+        kept_added, nodules = _nodule_like(added, lung, thick, max_slices)
+        kept = lung | kept_added
+        if nodules.any():
+            zs, bulge = _follow_wall(kept, nodules, room, body, box, spacing, params)
+            kept[zs] |= bulge
         sub[fill_holes(kept, per_slice=False) & room] = side
 
 
@@ -235,7 +300,7 @@ def lung_mask_default(hu: np.ndarray, geometry: Geometry, params: DefaultParams 
         for side in (RIGHT, LEFT):
             lungs[regrow & dilate(lungs == side, (0, 1, 1))] = side
     before = lungs > 0
-    _close_lungs(lungs, allowed, geometry, spacing, params)
+    _close_lungs(lungs, allowed, body, geometry, spacing, params)
 
     # 6: back to the full grid
     return LungMaskResult(_refine(lungs, (lungs > 0) & ~before, allowed, hu, params.air_hu, factors), notes)
