@@ -129,6 +129,8 @@ class SliceDataset(Dataset):
                     raise ValueError(
                         f"case file {path} has no label '{name}' (it has: {', '.join(labels) or 'no labels'}); "
                         f"choose one of those with --label/--roi-label, or ingest the case with that label"
+                        + (", or train on whole slices with --roi none (config train.roi: none)" if name == self.roi_label
+                           and name != self.label else "")
                     )
                 if f["labels"][name].shape != f["image"].shape:
                     raise ValueError(f"case file {path}: label '{name}' has shape {f['labels'][name].shape}, "
