@@ -82,7 +82,7 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16, depth: int = 4,
                  norm: str = "batch") -> None:
         super().__init__()
-        _check_positive("UNet", in_channels=in_channels, out_channels=out_channels,
+        _check_positive(type(self).__name__, in_channels=in_channels, out_channels=out_channels,
                         base_channels=base_channels, depth=depth)
         norm_layer(norm, 8)  # validates the name
         self.depth = depth
@@ -94,11 +94,15 @@ class UNet(nn.Module):
         self.bottleneck = DoubleConv(channels[depth - 1], channels[depth], norm)
         levels = list(reversed(range(depth)))
         self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in levels)
-        self.decoder = nn.ModuleList(DoubleConv(2 * channels[i], channels[i], norm) for i in levels)
+        self.decoder = nn.ModuleList(self._decoder_block(2 * channels[i], channels[i], norm) for i in levels)
         self.head = nn.Conv2d(channels[0], out_channels, kernel_size=1)
 
+    def _decoder_block(self, in_channels: int, out_channels: int, norm: str) -> nn.Module:
+        """The block after each skip concatenation (a DoubleConv; :class:`DenseUNet` uses a DenseBlock)."""
+        return DoubleConv(in_channels, out_channels, norm)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, "UNet", self.depth)
+        _check_input(x, type(self).__name__, self.depth)
         skips = []
         for block in self.encoder:
             x = block(x)
@@ -204,7 +208,7 @@ class DenseBlock(nn.Module):
         return self.transition(torch.cat(features, dim=1))
 
 
-class DenseUNet(nn.Module):
+class DenseUNet(UNet):
     """Seed 001's improved U-Net: BatchNorm in the encoder, DenseNet blocks in the decoder.
 
     Encoder and bottleneck as :class:`UNet` (conv-BN-ReLU). Each decoder level upsamples (stride-2
@@ -215,35 +219,12 @@ class DenseUNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16, depth: int = 4,
                  norm: str = "batch", dense_layers: int = 3) -> None:
-        super().__init__()
-        _check_positive("DenseUNet", in_channels=in_channels, out_channels=out_channels,
-                        base_channels=base_channels, depth=depth, dense_layers=dense_layers)
-        norm_layer(norm, 8)
-        self.depth = depth
-        channels = [base_channels * 2**i for i in range(depth + 1)]
-        self.encoder = nn.ModuleList(
-            DoubleConv(in_channels if i == 0 else channels[i - 1], channels[i], norm) for i in range(depth)
-        )
-        self.pool = nn.MaxPool2d(2)
-        self.bottleneck = DoubleConv(channels[depth - 1], channels[depth], norm)
-        levels = list(reversed(range(depth)))
-        self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in levels)
-        self.decoder = nn.ModuleList(
-            DenseBlock(2 * channels[i], channels[i], max(1, channels[i] // 2), dense_layers, norm) for i in levels
-        )
-        self.head = nn.Conv2d(channels[0], out_channels, kernel_size=1)
+        _check_positive("DenseUNet", dense_layers=dense_layers)
+        self.dense_layers = dense_layers  # read by _decoder_block during UNet.__init__
+        super().__init__(in_channels, out_channels, base_channels, depth, norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, "DenseUNet", self.depth)
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottleneck(x)
-        for up, block, skip in zip(self.upsample, self.decoder, reversed(skips)):
-            x = block(torch.cat([skip, _match(up(x), skip)], dim=1))
-        return self.head(x)
+    def _decoder_block(self, in_channels: int, out_channels: int, norm: str) -> nn.Module:
+        return DenseBlock(in_channels, out_channels, max(1, out_channels // 2), self.dense_layers, norm)
 
 
 #: architecture name -> constructor (keyword arguments only)
