@@ -173,22 +173,18 @@ def weighted_average_(module: torch.nn.Module, weight: float) -> None:
     """
     if not is_distributed():
         return
-    state = [t for t in module.state_dict().values()]
-    floats = [t for t in state if t.is_floating_point()]
-    ints = [t for t in state if not t.is_floating_point()]
-    if floats:
-        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) * weight for t in floats])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for t in floats:
-            n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
-            offset += n
-    if ints:
-        flat_i = torch.cat([t.detach().reshape(-1).to(torch.int64) for t in ints])
-        dist.all_reduce(flat_i, op=dist.ReduceOp.MAX)
-        offset = 0
-        for t in ints:
-            n = t.numel()
-            t.copy_(flat_i[offset:offset + n].view_as(t).to(t.dtype))
-            offset += n
+    state = list(module.state_dict().values())
+    _all_reduce_into([t for t in state if t.is_floating_point()], torch.float64, dist.ReduceOp.SUM, weight)
+    _all_reduce_into([t for t in state if not t.is_floating_point()], torch.int64, dist.ReduceOp.MAX)
+
+
+def _all_reduce_into(tensors: list[torch.Tensor], dtype: torch.dtype, op: dist.ReduceOp, scale: float = 1) -> None:
+    """All-reduce ``tensors`` (each times ``scale``) as one flat ``dtype`` vector and copy the result back."""
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).to(dtype) * scale for t in tensors])
+    dist.all_reduce(flat, op=op)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
