@@ -28,7 +28,6 @@ import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -40,25 +39,9 @@ from lungseg.casefile import write_case  # noqa: E402
 from lungseg.demo.cohort import demo_case_ids, write_demo_case  # noqa: E402
 from lungseg.ingest.pseudonym import Scrubber  # noqa: E402
 from lungseg.ingest.scan import ingest_scan  # noqa: E402
+from timing import best_times  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _measure(readers: dict, repeats: int) -> dict[str, dict[str, float]]:
-    """Best CPU and wall seconds per reader; readers run round-robin so load changes hit all alike.
-
-    CPU time (``time.process_time``, this process only, pinned to one core) is the figure that counts:
-    other processes sharing the machine do not inflate it as they inflate wall time.
-    """
-    cpu = {name: float("inf") for name in readers}
-    wall = dict(cpu)
-    for _ in range(repeats):
-        for name, fn in readers.items():
-            c0, w0 = time.process_time(), time.perf_counter()
-            fn()
-            cpu[name] = min(cpu[name], time.process_time() - c0)
-            wall[name] = min(wall[name], time.perf_counter() - w0)
-    return {"cpu": cpu, "wall": wall}
 
 
 def throughput(work: Path, n_slices: int, repeats: int) -> dict:
@@ -81,7 +64,7 @@ def throughput(work: Path, n_slices: int, repeats: int) -> dict:
         write_case(work / "bench.h5", case, compress_image=compress)
 
     pydicom_raw()  # warm the page cache
-    seconds = _measure(
+    seconds = best_times(
         {
             "pydicom_raw": pydicom_raw,
             "simpleitk_raw": simpleitk_raw,

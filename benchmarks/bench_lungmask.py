@@ -36,7 +36,6 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,6 +49,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lungmask_overlays import write_overlays  # noqa: E402
+from timing import best_times  # noqa: E402
 
 from lungseg.casefile import CaseVolume, read_case, write_case  # noqa: E402
 from lungseg.demo.cohort import demo_case_ids, generate_demo_scan, write_demo_case  # noqa: E402
@@ -122,19 +122,6 @@ def _pydicom_raw(files: list[Path]) -> None:
         _ = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
-def _measure(work: dict, repeats: int) -> tuple[dict, dict]:
-    """Best CPU and wall seconds of each callable, taking turns (load changes hit all alike)."""
-    cpu = {name: float("inf") for name in work}
-    wall = dict(cpu)
-    for _ in range(repeats):
-        for name, fn in work.items():
-            c0, w0 = time.process_time(), time.perf_counter()
-            fn()
-            cpu[name] = min(cpu[name], time.process_time() - c0)
-            wall[name] = min(wall[name], time.perf_counter() - w0)
-    return cpu, wall
-
-
 def seed001_per_slice(volume: np.ndarray) -> np.ndarray:
     """Seed 001's recipe run slice by slice with skimage / scipy (the pre-vectorised implementation)."""
     out = []
@@ -172,13 +159,14 @@ def speed(series: list[tuple[str, Path]], work_dir: Path, repeats: int) -> dict:
         h5 = work_dir / f"{name}.h5"
         write_case(h5, CaseVolume(case_id="bench", image=hu, geometry=geometry))
         _pydicom_raw(files)  # warm the page cache
-        cpu, wall = _measure({
+        seconds = best_times({
             "pydicom_raw": lambda files=files: _pydicom_raw(files),
             "hdf5_read": lambda h5=h5: read_case(h5, labels=False),
             "default": lambda hu=hu, g=geometry: compute_mask(hu, g, "default"),
             "seed001": lambda hu=hu, g=geometry: compute_mask(hu, g, "seed001"),
             "seed001_per_slice": lambda hu=hu: seed001_per_slice(hu),
         }, repeats)
+        cpu, wall = seconds["cpu"], seconds["wall"]
         n = hu.shape[0]
         n_slices += n
         for k in cpu:
