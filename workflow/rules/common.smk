@@ -6,18 +6,22 @@ import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
 from lungseg.ingest.dicom_series import list_dicom_files
 from lungseg.ingest.errors import IngestError
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.split import read_split
+from lungseg.workflow_config import ConfigError, check_config
 
 min_version("8.10")
 
 
-validate(config, "../schemas/config.schema.yaml")
+try:  # schema, defaults and cross-key rules; a bad config stops here in one or two lines
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 # the checkout the conda environments (envs/*.yaml, --software-deployment-method conda) install
 # lungseg from: pip expands ${LUNGSEG_ROOT} in their pip sections
