@@ -136,17 +136,23 @@ def ingest_inputs(wildcards):
 
 
 def ingest_args(wildcards, input):
-    """`lungseg ingest` options of one case: labels, annotations, series selector, config's ingest section."""
-    args = [f"--label {key[len('label_'):]}={path}" for key, path in input.items() if key.startswith("label_")]
-    args += [f"{option} {input[key]}" for key, option in ANNOTATION_COLUMNS.items() if key in input.keys()]
+    """`lungseg ingest` options of one case (labels, annotations, series selector, config's ingest
+    section) as a list of arguments, each shell-quoted by the rule (`{params.options:q}`)."""
+    args = []
+    for key, path in input.items():
+        if key.startswith("label_"):
+            args += ["--label", f"{key[len('label_'):]}={path}"]
+    for key, option in ANNOTATION_COLUMNS.items():
+        if key in input.keys():
+            args += [option, input[key]]
     row = case_table()[wildcards.case]
     if row.get("series"):  # one series of a folder holding several (a sheet of `lungseg discover` without links)
-        args.append(f"--series {row['series']} --secret-env {config.get('discover', {}).get('secret_env', 'LUNGSEG_PSEUDONYM_KEY')}")
+        args += ["--series", row["series"], "--secret-env", config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY")]
     settings = config["ingest"]
     if settings.get("target_spacing"):
-        args.append("--target-spacing " + " ".join(str(s) for s in settings["target_spacing"]))
-    args.append(f"--max-gap {settings['max_gap']} --agreement {settings['lidc_agreement']}")
-    return " ".join(args)
+        args += ["--target-spacing", *(str(s) for s in settings["target_spacing"])]
+    args += ["--max-gap", str(settings["max_gap"]), "--agreement", str(settings["lidc_agreement"])]
+    return args
 
 
 def train_config_hash():

@@ -10,7 +10,7 @@ rule evaluate:
     params:
         label=LABEL,
         detection="--detection" if LABEL == "nodule" else "",
-        preds=lambda wildcards, input: " ".join(f"--pred {k}={v}" for k, v in input.items() if k != "case"),
+        preds=lambda wildcards, input: [arg for k, v in input.items() if k != "case" for arg in ("--pred", f"{k}={v}")],
     log:
         "logs/evaluate/{case}.log",
     benchmark:
@@ -18,8 +18,8 @@ rule evaluate:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg evaluate --case {input.case} --label {params.label} {params.preds} {params.detection}"
-        " -o {output} > {log} 2>&1"
+        "lungseg evaluate --case {input.case:q} --label {params.label:q} {params.preds:q} {params.detection}"
+        " -o {output:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -44,5 +44,5 @@ rule aggregate:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg aggregate {input} --csv {output.csv} --json {output.json}"
-        " --bootstrap-samples {params.samples} --seed {params.seed} > {log} 2>&1"
+        "lungseg aggregate {input:q} --csv {output.csv:q} --json {output.json:q}"
+        " --bootstrap-samples {params.samples} --seed {params.seed} > {log:q} 2>&1"

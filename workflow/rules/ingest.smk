@@ -28,8 +28,8 @@ if config["source"] == "discover":
         conda:
             "../../envs/preprocess.yaml"
         shell:
-            "lungseg discover {params.root} -o {output.cases} --skipped {output.skipped} --link-dir {output.links}"
-            " --min-slices {params.min_slices} --secret-env {params.secret_env} --no-progress > {log} 2>&1"
+            "lungseg discover {params.root:q} -o {output.cases:q} --skipped {output.skipped:q} --link-dir {output.links:q}"
+            " --min-slices {params.min_slices} --secret-env {params.secret_env:q} --no-progress > {log:q} 2>&1"
 
 
 rule ingest:
@@ -48,8 +48,8 @@ rule ingest:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg ingest {params.source} --case-id {wildcards.case} {params.options}"
-        " -o {output.case} --status {output.status} > {log} 2>&1"
+        "lungseg ingest {params.source:q} --case-id {wildcards.case:q} {params.options:q}"
+        " -o {output.case:q} --status {output.status:q} > {log:q} 2>&1"
 
 
 rule quarantine_table:
@@ -66,4 +66,4 @@ rule quarantine_table:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg quarantine-table {input} -o {output} > {log} 2>&1"
+        "lungseg quarantine-table {input:q} -o {output:q} > {log:q} 2>&1"

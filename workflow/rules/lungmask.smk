@@ -17,8 +17,8 @@ rule lung_mask:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg lung-mask {input} --method {params.method} -o {output.mask} --h5 {output.h5}"
-        " --qa {output.qa} > {log} 2>&1"
+        "lungseg lung-mask {input:q} --method {params.method:q} -o {output.mask:q} --h5 {output.h5:q}"
+        " --qa {output.qa:q} > {log:q} 2>&1"
 
 
 rule lung_mask_qa:
@@ -39,4 +39,4 @@ rule lung_mask_qa:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg lung-mask-qa {input} -o {output} > {log} 2>&1"
+        "lungseg lung-mask-qa {input:q} -o {output:q} > {log:q} 2>&1"

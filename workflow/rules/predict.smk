@@ -13,8 +13,8 @@ rule predict:
         batch_size=config["predict"]["batch_size"],
         flips=config["predict"]["flips"],
         # --roi-mask is used only if the model was trained on a region of interest (of the lungs)
-        roi=lambda wildcards, input: f"--roi-mask {input.lung}" if config["train"].get("roi_label", "lung") == "lung" else "",
-        lung=lambda wildcards, input: f"--lung-mask {input.lung}" if config["predict"]["restrict_to_lung"] else "",
+        roi=lambda wildcards, input: ["--roi-mask", input.lung] if config["train"].get("roi_label", "lung") == "lung" else [],
+        lung=lambda wildcards, input: ["--lung-mask", input.lung] if config["predict"]["restrict_to_lung"] else [],
         components=config["predict"]["largest_components"],
     threads: config["predict"]["threads"]
     log:
@@ -24,6 +24,6 @@ rule predict:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg predict {input.case} --model {input.model} -o {output}"
-        " --batch-size {params.batch_size} --threads {threads} --flips {params.flips} {params.roi} {params.lung}"
-        " --largest-components {params.components} > {log} 2>&1"
+        "lungseg predict {input.case:q} --model {input.model:q} -o {output:q}"
+        " --batch-size {params.batch_size} --threads {threads} --flips {params.flips:q} {params.roi:q} {params.lung:q}"
+        " --largest-components {params.components} > {log:q} 2>&1"

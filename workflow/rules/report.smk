@@ -22,7 +22,7 @@ rule plot_training:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg plot-training {input} -o {output} > {log} 2>&1"
+        "lungseg plot-training {input:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule plot_overlay:
@@ -46,7 +46,7 @@ rule plot_overlay:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg plot-overlay --case {input.case} --pred {input.pred} --label {params.label} -o {output} > {log} 2>&1"
+        "lungseg plot-overlay --case {input.case:q} --pred {input.pred:q} --label {params.label:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule cohort_table:
@@ -68,7 +68,7 @@ rule cohort_table:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg report cohort {input.cases} --split {input.split} -o {output} > {log} 2>&1"
+        "lungseg report cohort {input.cases:q} --split {input.split:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule metrics_table:
@@ -90,7 +90,7 @@ rule metrics_table:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg report metrics --summary {input.summary} --csv {input.csv} -o {output} > {log} 2>&1"
+        "lungseg report metrics --summary {input.summary:q} --csv {input.csv:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule metrics_distribution:
@@ -111,7 +111,7 @@ rule metrics_distribution:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg report distribution {input} -o {output} > {log} 2>&1"
+        "lungseg report distribution {input:q} -o {output:q} > {log:q} 2>&1"
 
 
 rule extreme_cases:
@@ -136,7 +136,7 @@ rule extreme_cases:
         ),
     params:
         label=LABEL,
-        pairs=lambda wildcards, input: " ".join(f"--pair {c}={p}" for c, p in zip(input.cases, input.preds)),
+        pairs=lambda wildcards, input: [arg for c, p in zip(input.cases, input.preds) for arg in ("--pair", f"{c}={p}")],
         n_cases=config["report"]["extreme_cases"],
         n_slices=config["report"]["overlay_slices"],
     log:
@@ -146,8 +146,8 @@ rule extreme_cases:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg report extremes --csv {input.csv} {params.pairs} --label {params.label} --method unet --metric dice"
-        " --cases {params.n_cases} --slices {params.n_slices} --worst {output.worst} --best {output.best} > {log} 2>&1"
+        "lungseg report extremes --csv {input.csv:q} {params.pairs:q} --label {params.label:q} --method unet --metric dice"
+        " --cases {params.n_cases} --slices {params.n_slices} --worst {output.worst:q} --best {output.best:q} > {log:q} 2>&1"
 
 
 rule workflow_pages:
@@ -183,5 +183,5 @@ rule workflow_pages:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg report workflow --config-json {params.config:q} --benchmarks {params.benchmarks}"
-        " --config-out {output.config} --versions-out {output.versions} --runtimes-out {output.runtimes} > {log} 2>&1"
+        "lungseg report workflow --config-json {params.config:q} --benchmarks {params.benchmarks:q}"
+        " --config-out {output.config:q} --versions-out {output.versions:q} --runtimes-out {output.runtimes:q} > {log:q} 2>&1"

@@ -34,6 +34,6 @@ rule scaling:
     conda:
         "../../envs/train.yaml"
     shell:
-        "lungseg train-scaling --train {input.train} --val {input.val} --out-dir {params.runs}"
-        " --table {output.table} --plot {output.plot} --nproc {params.cfg[nproc]} --epochs {params.cfg[epochs]}"
-        " --threads-per-process {params.cfg[threads_per_process]} {params.train_args} > {log} 2>&1"
+        "lungseg train-scaling --train {input.train:q} --val {input.val:q} --out-dir {params.runs:q}"
+        " --table {output.table:q} --plot {output.plot:q} --nproc {params.cfg[nproc]} --epochs {params.cfg[epochs]}"
+        " --threads-per-process {params.cfg[threads_per_process]} {params.train_args} > {log:q} 2>&1"

@@ -27,4 +27,5 @@ checkpoint split:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg split --cases {input.cases} --status {input.status} --fractions {params.fractions} --seed {params.seed} -o {output} > {log} 2>&1"
+        "lungseg split --cases {input.cases:q} --status {input.status:q} --fractions {params.fractions} --seed {params.seed}"
+        " -o {output:q} > {log:q} 2>&1"

@@ -32,10 +32,10 @@ rule train:
         "../../envs/train.yaml"
     shell:
         "lungseg train-guard -- {params.launch} -m lungseg train"
-        " --train {input.train} --val {input.val} --out-dir {params.checkpoint_dir}"
-        " --model-out {output.model} --metrics-out {output.metrics}"
+        " --train {input.train:q} --val {input.val:q} --out-dir {params.checkpoint_dir:q}"
+        " --model-out {output.model:q} --metrics-out {output.metrics:q}"
         " --arch {params.cfg[arch]} --label {params.cfg[label]} --epochs {params.cfg[epochs]}"
         " --batch-size {params.cfg[batch_size]} --lr {params.cfg[lr]} --base-channels {params.cfg[base_channels]}"
         " --depth {params.cfg[depth]} --image-size {params.cfg[image_size]}"
         " --hu-window {params.cfg[hu_window][0]} {params.cfg[hu_window][1]} --seed {params.cfg[seed]}"
-        " --num-workers {params.cfg[num_workers]} --threads {threads} {params.options} > {log} 2>&1"
+        " --num-workers {params.cfg[num_workers]} --threads {threads} {params.options} > {log:q} 2>&1"
