@@ -289,6 +289,18 @@ def test_rule_options_from_config() -> None:
     assert "--mode" not in args and "--fed-fractions" not in args and "--norm group" in args
 
 
+def test_checkpoint_key_continues_only_across_execution_settings() -> None:
+    """threads / num_workers continue a run's checkpoint; any setting of what is computed starts over."""
+    from lungseg.training.rule_args import checkpoint_key
+
+    cfg = {"arch": "unet", "epochs": 10, "lr": 0.002, "threads": 2, "num_workers": 0, "nproc_per_node": 1}
+    key = checkpoint_key(cfg)
+    assert len(key) == 12 and int(key, 16) >= 0
+    assert checkpoint_key({**cfg, "threads": 8, "num_workers": 4}) == key
+    for change in ({"epochs": 20}, {"lr": 0.01}, {"arch": "dense_unet"}, {"nproc_per_node": 2}):
+        assert checkpoint_key({**cfg, **change}) != key, change
+
+
 def test_scaling_study_commands_table_and_plot(tmp_path: Path) -> None:
     import csv
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -196,3 +197,38 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     for caption in ("Cohort: one row per case", "Where the model fails", "with the highest Dice", "Distribution of per-case",
                     "95% percentile-bootstrap", "Run time per rule", "configuration of this run", "Software that made"):
         assert caption in main, caption
+
+
+def test_killed_retrain_is_trained_again_by_the_next_plain_run(run_dir):
+    """A settings change makes Snakemake delete model.pt and retrain; the retrain is preempted (SIGTERM
+    to its job) and the job fails. The next plain `snakemake` must train again (resuming the checkpoint)
+    and redo what follows, not say "Nothing to be done" with the model missing (issue 11)."""
+    import psutil
+
+    model = run_dir / "results/model/lung/model.pt"
+    config = yaml.safe_load((run_dir / "config/config.yaml").read_text())
+    config["train"]["epochs"] = 40  # long enough to be stopped; the last test of this module: no need to restore
+    (run_dir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(run_dir), "--cores", "2"]
+    proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    guard = None
+    while guard is None:
+        assert proc.poll() is None and time.monotonic() < deadline, "the retrain did not start"
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "train-guard" in " ".join(child.cmdline()):
+                    guard = child
+        time.sleep(0.05)
+    time.sleep(1.0)  # let training begin
+    guard.terminate()  # what SLURM sends on preemption: checkpoint, exit 75, the job fails
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and not model.exists(), out[-3000:]
+    planned = {rule for rule, _ in planned_jobs(smk(run_dir, "-n").stdout)}
+    assert {"train", "predict", "evaluate", "aggregate"} <= planned, planned
+    run = smk(run_dir, "--cores", "2")
+    assert "train" in {rule for rule, _ in planned_jobs(run.stdout + run.stderr)}
+    assert model.is_file()
+    predictions = list((run_dir / "results/predictions").glob("*.nii.gz"))
+    assert predictions and all(p.stat().st_mtime_ns > model.stat().st_mtime_ns for p in predictions)
+    assert "Nothing to be done" in smk(run_dir, "-n").stdout

@@ -1,7 +1,5 @@
 # Config validation, the case table and input functions shared by all rules.
 import functools
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -155,11 +153,6 @@ def ingest_args(wildcards, input):
     return args
 
 
-def train_config_hash():
-    """Short hash of the training settings: a resumable checkpoint is only reused for the same settings."""
-    return hashlib.sha256(json.dumps(config["train"], sort_keys=True).encode()).hexdigest()[:12]
-
-
 def predictions_to_evaluate(wildcards):
     preds = {"unet": f"{RESULTS}/predictions/{wildcards.case}.nii.gz"}
     if LABEL == "lung":  # the classical lung mask (of the configured method) is a baseline for the lung target
@@ -179,6 +172,11 @@ def all_outputs(wildcards):
         f"{RESULTS}/quarantine.tsv",
         expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
         f"{RESULTS}/lungmask/qa.tsv",  # lung-mask QA of every case (workflow/rules/lungmask.smk)
+        # every model and its per-epoch log is a target of its own: a model that a killed retrain left
+        # missing is trained again (resuming its checkpoint), even when the predictions of the old
+        # model still exist (Snakemake skips a missing intermediate file whose consumers look done)
+        f"{RESULTS}/model/{LABEL}/model.pt",
+        f"{RESULTS}/model/{LABEL}/metrics.csv",
         expand(f"{RESULTS}/predictions/{{case}}.nii.gz", case=test),
         f"{RESULTS}/metrics/metrics.csv",
         f"{RESULTS}/metrics/summary.json",

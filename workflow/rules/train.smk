@@ -1,7 +1,7 @@
 # Model training, launched with torchrun (gloo on CPU, NCCL on GPUs). Resumes from its checkpoint;
 # `lungseg train-guard` turns SIGTERM/SIGUSR1 (time limit, preemption) into a checkpoint + exit 75.
 from lungseg.cluster.launch import torchrun_prefix
-from lungseg.training.rule_args import train_options
+from lungseg.training.rule_args import checkpoint_key, train_options
 
 
 rule train:
@@ -18,7 +18,7 @@ rule train:
         ),
     params:
         cfg=config["train"],
-        checkpoint_dir=lambda wildcards: f"{RESULTS}/model/{LABEL}/checkpoints/{train_config_hash()}",
+        checkpoint_dir=lambda wildcards: f"{RESULTS}/model/{LABEL}/checkpoints/{checkpoint_key(config['train'])}",
         # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the
         # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes)
         launch=lambda wildcards, resources: torchrun_prefix(resources.get("nodes", 1), config["train"]["nproc_per_node"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +20,16 @@ TRAIN_OPTIONS = {
 TRAIN_FLAGS = {"sync_bn": "--sync-bn", "deterministic": "--deterministic"}
 #: settings the scaling study chooses per run
 SCALING_OWN = ("mode", "local_epochs", "fed_partition", "fed_fractions")
+#: settings of how a run is executed, not of what it computes: changing them continues a run's checkpoint
+EXECUTION_ONLY = ("threads", "num_workers")
+
+
+def checkpoint_key(cfg: Mapping[str, Any]) -> str:
+    """12 hex digits naming a run's checkpoint folder: a hash of config ``train:`` without the
+    :data:`EXECUTION_ONLY` settings. A checkpoint is resumed only by a run with the same key, so
+    any other settings change (epochs, lr, arch, processes, ...) starts over in a new folder."""
+    settings = {k: v for k, v in cfg.items() if k not in EXECUTION_ONLY}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def train_options(cfg: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
