@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,9 @@ import pytest
 from ingest_data import SEED, demo_case, edit, slice_files
 from lungseg.cli import main
 from lungseg.demo.cohort import generate_demo_scan
-from lungseg.ingest.discover import series_files
-from lungseg.ingest.pseudonym import DEMO_SECRET, case_pseudonym, patient_pseudonym, series_selector
+from lungseg.ingest.dicom_series import list_dicom_files
+from lungseg.ingest.discover import discover, series_files
+from lungseg.ingest.pseudonym import DEMO_SECRET, Scrubber, case_pseudonym, patient_pseudonym, series_selector
 
 SECRET = "test-secret-0123456789"
 
@@ -187,3 +191,72 @@ def test_nothing_found_says_so(tmp_path, monkeypatch, capsys):
     assert _discover(tmp_path / "empty", tmp_path / "cases.tsv", monkeypatch=monkeypatch) == 1
     assert "holds no axial CT series" in capsys.readouterr().err
     assert _read(tmp_path / "cases.tsv") == [] and len(_read(tmp_path / "discovery_skipped.tsv")) == 1
+
+
+def test_link_dir_names_no_archive_folder(tmp_path):
+    """<PatientID>/<StudyUID>/<SeriesUID>/ (older TCIA downloads): sheet and skipped table name none of them."""
+    patient, study, series = "PAT-12345", "1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"
+    demo = demo_case(tmp_path / "demo", "demo001")
+    folder = tmp_path / "archive" / patient / study / series
+    shutil.copytree(demo.dicom_dir, folder)
+
+    def identity(ds, k):
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient, study, series
+
+    edit(sorted(folder.iterdir()), identity)
+    (folder / "069.xml").write_text(
+        '<?xml version="1.0"?><LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader>'
+        f"<SeriesInstanceUid>{series}</SeriesInstanceUid></ResponseHeader><readingSession/></LidcReadMessage>"
+    )
+    (folder / f"{series}.9.dcm").write_bytes(b"\x00not dicom" * 50)  # a file named by UID: skipped, scrubbed
+    links = tmp_path / "links"
+    found = discover(tmp_path / "archive", SECRET, link_dir=links)
+    assert len(found.cases) == 1 and len(found.skipped) == 1
+    row = found.cases[0]
+    assert row["lidc_xml"] == str(links / row["case_id"] / "lidc.xml") and row["dicom"] == str(links / row["case_id"])
+    assert Path(row["lidc_xml"]).resolve() == (folder / "069.xml").resolve()
+    assert len(list_dicom_files(Path(row["dicom"]))) == 12  # the XML link is not taken for a slice
+    sheet = " ".join(v for r in found.cases for v in r.values())
+    assert not [name for name in (patient, study, series, str(tmp_path / "archive")) if name in sheet], sheet
+    skipped = " ".join(v for r in found.skipped for v in r.values())
+    assert not [name for name in (patient, study, series) if name in skipped], skipped
+    assert found.skipped[0]["path"].endswith("<redacted>/<uid>/<uid>/<uid>.dcm"), found.skipped
+    # rediscovery replaces the link folder as a whole: no XML link once the XML is gone
+    (folder / "069.xml").unlink()
+    again = discover(tmp_path / "archive", SECRET, link_dir=links)
+    assert again.cases[0]["lidc_xml"] == "" and not (links / row["case_id"] / "lidc.xml").exists()
+
+
+def test_scrubber_replaces_uid_path_components_and_file_names():
+    scrub = Scrubber()
+    assert scrub("/a/1.2.826.0.1.3680043.8.498.111/2.25.77.1/x") == "/a/<uid>/<uid>/x"
+    assert scrub("CT.1.2.840.113619.2.55.3.dcm, 1.2.3.4.5.dcm") == "CT.<uid>.dcm, <uid>.dcm"
+    assert scrub("1.2.840.10008.1.2.1 v1.26.4 10.0.0.1") == "1.2.840.10008.1.2.1 v1.26.4 10.0.0.1"
+
+
+def test_header_values_quoted_by_pydicom_are_not_printed(tmp_path):
+    """pydicom's warnings quote invalid header values (dates, UIDs): discover and ingest never print them."""
+    demo = demo_case(tmp_path / "demo", "demo001")
+    folder = tmp_path / "archive" / "s"
+    shutil.copytree(demo.dicom_dir, folder)
+    series = "1.2.826.0.1.3680043.8.498.0777"  # invalid (a component with a leading 0): pydicom quotes it
+
+    def bad_values(ds, k):
+        ds.SeriesInstanceUID = series
+
+    edit(sorted(folder.iterdir()), bad_values)
+    env = dict(os.environ, LUNGSEG_PSEUDONYM_KEY=SECRET)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lungseg"]
+    printed = subprocess.run(
+        [*cmd, "discover", str(tmp_path / "archive"), "-o", str(out / "cases.tsv"), "--link-dir", str(out / "l")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    row = _read(out / "cases.tsv")[0]
+    ingest = subprocess.run(
+        [*cmd, "ingest", row["dicom"], "--case-id", row["case_id"], "-o", str(out / "c.h5")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    text = printed.stdout + printed.stderr + ingest.stdout + ingest.stderr
+    assert printed.returncode == ingest.returncode == 0, text
+    assert series not in text, text

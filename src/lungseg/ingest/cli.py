@@ -23,7 +23,7 @@ from lungseg.casefile import write_case, write_quarantined_case
 from lungseg.ingest.dicom_series import DEFAULT_MAX_GAP
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.lidc import DEFAULT_AGREEMENT
-from lungseg.ingest.pseudonym import Scrubber, add_secret_arguments, resolve_secret
+from lungseg.ingest.pseudonym import Scrubber, add_secret_arguments, resolve_secret, scrub_diagnostics
 from lungseg.ingest.quarantine import ok_status, quarantined_status, write_status
 from lungseg.ingest.scan import IngestOptions, ingest_scan
 
@@ -109,6 +109,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scrub = Scrubber()
+    scrub_diagnostics(scrub)
     started = time.perf_counter()
     try:
         secret = resolve_secret(args.secret_env, args.secret_file, args.allow_default_secret) if args.series else None

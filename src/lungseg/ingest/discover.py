@@ -15,12 +15,16 @@ Case sheet columns (tab-separated), one row per series, sorted by case_id:
 ``series``    empty when ``dicom`` holds only this series; otherwise the selector to pass as
               ``lungseg ingest --series`` (20 hex of the same keyed hash; needs the same secret)
 ``n_slices``  number of image files of the series
-``lidc_xml``  an LIDC-IDRI reader XML found in the tree whose SeriesInstanceUid is this series, or empty
+``lidc_xml``  an LIDC-IDRI reader XML found in the tree whose SeriesInstanceUid is this series (with a
+              link folder, the link ``LINKS/<case_id>/lidc.xml`` to it), or empty
 ``label_lung``, ``label_nodule``  empty, to fill in by hand
 
 Skipped table columns: ``path`` (file or series folder), ``reason``; both scrubbed (UIDs shown as
-``<uid>``, patient identifiers as ``<redacted>``). The ``dicom`` column holds folders as the archive
-names them (they must be found again); with ``link_dir`` it holds pseudonymous paths only.
+``<uid>``, header values that identify a patient as ``<redacted>``; a folder name that is neither
+cannot be recognised and stays). The ``dicom`` and ``lidc_xml`` columns hold paths as the archive
+names them (they must be found again); with ``link_dir`` they hold pseudonymous paths only: every
+file a case needs is reached through its link folder (annotation links carry a non-DICOM suffix, so
+ingest never takes them for slices).
 """
 
 from __future__ import annotations
@@ -37,12 +41,21 @@ from tqdm import tqdm
 
 from lungseg.atomic import atomic_path
 from lungseg.ingest.errors import IngestError
-from lungseg.ingest.headers import header_problem, is_directory_record, list_candidate_files, read_header, slice_header
+from lungseg.ingest.headers import (
+    NON_DICOM_SUFFIXES,
+    header_problem,
+    is_directory_record,
+    list_candidate_files,
+    read_header,
+    slice_header,
+)
 from lungseg.ingest.pseudonym import Scrubber, case_pseudonym, patient_pseudonym, series_selector
 
 DEFAULT_MIN_SLICES = 10
 CASE_COLUMNS = ("case_id", "patient_id", "dicom", "series", "n_slices", "lidc_xml", "label_lung", "label_nodule")
 SKIPPED_COLUMNS = ("path", "reason")
+#: name of the link to a series' LIDC-IDRI reader XML inside its link folder
+LIDC_LINK = "lidc.xml"
 
 
 @dataclass
@@ -112,14 +125,19 @@ def _files_below(per_dir: Counter, folder: Path) -> int:
     return sum(n for d, n in per_dir.items() if d == top or d.startswith(top.rstrip(os.sep) + os.sep))
 
 
-def _link_series(link_root: Path, case_id: str, files: list[Path]) -> Path:
-    """``link_root/case_id`` with one symbolic link per slice (replaced as a whole)."""
+def _link_series(link_root: Path, case_id: str, files: list[Path], extras: dict[str, Path] | None = None) -> Path:
+    """``link_root/case_id`` with one symbolic link per slice and one per ``extras`` item (name -> file),
+    replaced as a whole. Extra names must have a non-DICOM suffix, so ingest skips them."""
     final = link_root / case_id
     tmp = link_root / f".{case_id}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for k, path in enumerate(sorted(files)):
         (tmp / f"{k:05d}.dcm").symlink_to(path.resolve())
+    for name, path in (extras or {}).items():
+        if not name.lower().endswith(NON_DICOM_SUFFIXES):
+            raise ValueError(f"annotation link {name!r} would be read as a slice")
+        (tmp / name).symlink_to(path.resolve())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -133,12 +151,14 @@ def discover(
     min_slices: int = DEFAULT_MIN_SLICES,
     link_dir: Path | None = None,
     progress: bool = False,
+    scrubber: Scrubber | None = None,
 ) -> Discovery:
-    """Find the axial CT series below ``root`` (see the module docstring for the tables)."""
+    """Find the axial CT series below ``root`` (see the module docstring for the tables); ``scrubber``
+    learns the identifying values of every header read."""
     root = Path(root)
     if not root.is_dir():
         raise IngestError(root, "is not a folder", "give the top folder of the DICOM tree")
-    scrub = Scrubber()
+    scrub = scrubber if scrubber is not None else Scrubber()
     series, skipped, all_files = _scan(root, progress, scrub)
     xml_by_series = {}
     for xml in sorted(root.rglob("*.xml")):
@@ -163,11 +183,12 @@ def discover(
         case_id = case_pseudonym(secret, entry.uid)
         own_scouts = sum(1 for p in entry.scouts if folder == p.parent or folder in p.parents)
         others = _files_below(per_dir, folder) - len(entry.files) - own_scouts
+        xml = xml_by_series.get(entry.uid)
         if link_dir is not None:
-            dicom, selector = _link_series(Path(link_dir), case_id, entry.files), ""
+            dicom = _link_series(Path(link_dir), case_id, entry.files, {LIDC_LINK: xml} if xml else None)
+            selector, xml = "", (dicom / LIDC_LINK if xml else None)
         else:
             dicom, selector = folder, (series_selector(secret, entry.uid) if others > 0 else "")
-        xml = xml_by_series.get(entry.uid)
         cases.append(
             {
                 "case_id": case_id,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lungseg.ingest.discover import CASE_COLUMNS, DEFAULT_MIN_SLICES, SKIPPED_COLUMNS, discover, write_table
 from lungseg.ingest.errors import IngestError
-from lungseg.ingest.pseudonym import add_secret_arguments, resolve_secret
+from lungseg.ingest.pseudonym import Scrubber, add_secret_arguments, resolve_secret, scrub_diagnostics
 
 log = logging.getLogger("lungseg.discover")
 
@@ -43,11 +43,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    scrub = Scrubber()
+    scrub_diagnostics(scrub)
     if args.min_slices < 1:
         raise SystemExit("lungseg discover: --min-slices must be >= 1")
     secret = resolve_secret(args.secret_env, args.secret_file, args.allow_default_secret)
     found = discover(
-        args.root, secret, min_slices=args.min_slices, link_dir=args.link_dir, progress=not args.no_progress
+        args.root,
+        secret,
+        min_slices=args.min_slices,
+        link_dir=args.link_dir,
+        progress=not args.no_progress,
+        scrubber=scrub,
     )
     skipped_path = args.skipped or args.output.with_name("discovery_skipped.tsv")
     write_table(args.output, found.cases, CASE_COLUMNS)

@@ -7,26 +7,32 @@ environment variable (default ``LUNGSEG_PSEUDONYM_KEY``) or a file; :data:`DEMO_
 and only allowed when asked for explicitly (demos, tests).
 
 :class:`Scrubber` removes what must never leave the DICOM files (patient name, ID, birth date,
-accession number, institution, and every instance UID) from text such as paths in error messages.
+accession number, institution, and every instance UID) from text such as paths in error messages;
+:func:`scrub_diagnostics` applies one to everything a command logs, warns or prints on a crash.
 """
 
 from __future__ import annotations
 
 import argparse
-
 import hashlib
 import hmac
+import logging
 import os
 import re
+import sys
+import traceback
 from pathlib import Path
+
+import pydicom
 
 from lungseg.ingest.errors import IngestError
 
 DEFAULT_SECRET_ENV = "LUNGSEG_PSEUDONYM_KEY"
 #: public, for demos and tests only (``--allow-default-secret``): pseudonyms made with it are linkable by anyone
 DEMO_SECRET = "lungseg-public-demo-secret"
-#: a DICOM UID: digits in at least four dot-separated components (e.g. 1.2.840.113619.2.55...)
-UID_PATTERN = re.compile(r"(?<![\d.])[0-2](?:\.\d+){3,}(?![\d.])")
+#: a DICOM UID: digits in at least four dot-separated components (e.g. 1.2.840.113619.2.55...), also
+#: as a path component or inside a file name ("/1.2.840.../", "CT.1.2.840....dcm")
+UID_PATTERN = re.compile(r"(?<!\d)(?<!\d\.)[0-2](?:\.\d+){3,}(?!\.?\d)")
 #: the header values that identify a patient or an examination
 STANDARD_UID_ROOT = "1.2.840.10008."
 IDENTIFYING_KEYWORDS = (
@@ -142,3 +148,37 @@ class Scrubber:
         for value in sorted(self._values, key=len, reverse=True):
             text = re.sub(re.escape(value), "<redacted>", text, flags=re.IGNORECASE)
         return text
+
+
+class ScrubFilter(logging.Filter):
+    """A handler filter that scrubs each record's message (and traceback) before it is written."""
+
+    def __init__(self, scrub: Scrubber) -> None:
+        super().__init__()
+        self.scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.scrub(record.getMessage()), ()
+        if record.exc_info:
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        return True
+
+
+def scrub_diagnostics(scrub: Scrubber) -> None:
+    """Make a command's diagnostics safe: pydicom's validation warnings (which quote header values) off,
+    other warnings routed through logging, every record of the root logger's handlers and the traceback
+    of an uncaught exception scrubbed with ``scrub`` (call after ``logging.basicConfig``)."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.captureWarnings(True)
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, ScrubFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(ScrubFilter(scrub))
+
+    def excepthook(kind, value, tb) -> None:  # noqa: ANN001
+        sys.stderr.write(scrub("".join(traceback.format_exception(kind, value, tb))))
+
+    sys.excepthook = excepthook
