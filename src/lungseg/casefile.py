@@ -22,11 +22,14 @@ Additions (still version 1; files without them read as before):
 
 A quarantined case (bad input, see :func:`write_quarantined_case`) has format attrs, status,
 file, reason and fix, and no /image; :func:`open_case` and :func:`read_case` refuse it with its reason.
-Everything is written atomically (temporary file + rename).
+Everything is written atomically (temporary file + rename); a full disk raises one
+:class:`lungseg.atomic.DiskFullError` naming the file (see :func:`create_h5`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,7 @@ import h5py
 import numpy as np
 
 from lungseg import __version__
-from lungseg.atomic import atomic_path
+from lungseg.atomic import DeferredErrorFile, atomic_path
 from lungseg.geometry import Geometry
 
 FORMAT = "lungseg-case"
@@ -76,13 +79,35 @@ def _slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *shape[1:])
 
 
+#: HDF5 metadata (superblock, object headers, attributes, chunk indexes) of a case or mask file, roughly
+H5_METADATA_BYTES = 1 << 16
+
+
+@contextlib.contextmanager
+def create_h5(path: str | Path, *, expected_bytes: int = 0) -> Iterator[h5py.File]:
+    """A new HDF5 file written atomically to ``path``; lack of space raises :class:`lungseg.atomic.DiskFullError`.
+
+    ``expected_bytes`` is checked against the free space first. HDF5 is left broken by a failed write
+    (and crashes the interpreter at exit), so it writes through a :class:`~lungseg.atomic.DeferredErrorFile`:
+    it finishes cleanly and the write error is raised after it has closed the file.
+    """
+    with atomic_path(path, expected_bytes=expected_bytes) as tmp, DeferredErrorFile(tmp) as raw:
+        try:
+            with h5py.File(raw, "w") as f:
+                yield f
+        finally:
+            raw.raise_deferred_error()
+
+
 def write_case(path: str | Path, case: CaseVolume, *, compress_image: bool = False) -> None:
     """Write ``case`` to ``path`` atomically (see the module docstring for the layout).
 
     The image is stored uncompressed by default: lzf costs ~5 ms per 512x512 slice, several times
     the DICOM read itself, for a ~2x smaller file (``compress_image=True``: lzf + byte shuffle).
+    The free space is checked first for the uncompressed image (compressed data is checked as it is written).
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    image_bytes = 0 if compress_image else case.image.size * np.dtype(np.int16).itemsize
+    with create_h5(path, expected_bytes=H5_METADATA_BYTES + image_bytes) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["case_id"] = case.case_id
@@ -120,7 +145,7 @@ def write_case(path: str | Path, case: CaseVolume, *, compress_image: bool = Fal
 
 def write_quarantined_case(path: str | Path, case_id: str, file: str, reason: str, fix: str) -> None:
     """Write the placeholder of a case that failed ingest: format attrs, status, reason; no image."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with create_h5(path) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["case_id"] = case_id

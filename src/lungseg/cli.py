@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from lungseg import __version__
+from lungseg.atomic import as_disk_full_error
 from lungseg.cases import CaseSheetError
 from lungseg.ingest.errors import IngestError
 
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except (IngestError, CaseSheetError) as exc:  # bad input: one line naming the file and the fix
         print(f"lungseg {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as exc:  # a full disk: one line naming the file and the space needed
+        disk_full = as_disk_full_error(exc)
+        if disk_full is None:
+            raise
+        print(f"lungseg {name}: error: {disk_full}", file=sys.stderr)
         return 1
 
 

@@ -9,7 +9,10 @@ slice normal in the order the slices are stored).
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -71,11 +74,27 @@ class Geometry:
 
 
 def write_volume(path: str, array: np.ndarray, geometry: Geometry) -> None:
-    """Write a ``(z, y, x)`` array with ``geometry`` to any ITK format (by extension), atomically."""
-    from lungseg.atomic import atomic_path
+    """Write a ``(z, y, x)`` array with ``geometry`` to any ITK format (by extension), atomically.
 
+    ITK's NIfTI writer truncates silently on a full disk, so on a (nearly) full file system the file is
+    read back and compared; lack of space raises :class:`lungseg.atomic.DiskFullError`.
+    """
+    from lungseg.atomic import atomic_path, nearly_full
+
+    image = geometry.to_sitk(array)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(geometry.to_sitk(array), str(tmp), useCompression=True)
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        if nearly_full(tmp.parent) and not _written_completely(tmp, image):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+
+def _written_completely(path: Path, image: sitk.Image) -> bool:
+    try:
+        written = sitk.ReadImage(str(path))
+    except RuntimeError:
+        return False
+    return written.GetSize() == image.GetSize() and np.array_equal(
+        sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image))
 
 
 def read_volume(path: str) -> tuple[np.ndarray, Geometry]:

@@ -17,9 +17,8 @@ import h5py
 import numpy as np
 
 from lungseg import __version__
-from lungseg.atomic import atomic_path
 from lungseg.casefile import FORMAT as CASE_FORMAT
-from lungseg.casefile import read_case
+from lungseg.casefile import create_h5, read_case
 from lungseg.geometry import Geometry
 
 FORMAT = "lungseg-lungmask"
@@ -59,7 +58,7 @@ def read_input(path: Path) -> Scan:
 
 def write_mask_h5(path: Path, mask: np.ndarray, geometry: Geometry, case_id: str, method: str) -> None:
     """Write the mask and its geometry to ``path`` atomically (layout in the module docstring)."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with create_h5(path) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["case_id"] = case_id

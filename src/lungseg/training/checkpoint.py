@@ -21,15 +21,37 @@ from torch import nn
 from lungseg.atomic import atomic_path
 from lungseg.training.models import build_model
 
+#: zip directory, pickled structure and per-record headers of a torch.save file, roughly
+SAVE_OVERHEAD_BYTES = 1 << 16
 MODEL_FORMAT = "lungseg-model"
 CHECKPOINT_FORMAT = "lungseg-checkpoint"
 META_KEYS = ("arch", "model_kwargs", "label", "image_size", "hu_window", "epoch", "val_dice")
 
 
+def saved_size_estimate(obj: Any) -> int:
+    """About the size of ``torch.save(obj)`` in bytes: the tensors' storages (each once) plus overhead."""
+    storages: dict[tuple[str, int], int] = {}
+    pending = [obj]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            storages[(str(item.device), storage.data_ptr())] = storage.nbytes()
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return SAVE_OVERHEAD_BYTES + sum(storages.values())
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically (temporary file + rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` ``state`` to ``path`` atomically (temporary file + rename).
+
+    The free space is checked first; lack of space raises :class:`lungseg.atomic.DiskFullError`
+    (torch alone reports an iostream error). Writing through a Python file keeps the OSError's errno.
+    """
+    with atomic_path(path, expected_bytes=saved_size_estimate(state)) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
