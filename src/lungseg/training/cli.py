@@ -2,8 +2,9 @@
 
 Runs as one process (``lungseg train ...``), data-parallel under torchrun
 (``torchrun --standalone --nproc_per_node=N -m lungseg train ...``: NCCL on GPUs, gloo on CPU), or as
-federated clients (``--mode fedavg``, one per torchrun process). ``lungseg train-guard -- torchrun ...``
-turns a SIGTERM/SIGUSR1 of the whole job into a checkpoint and exit status 75 (requeue).
+federated clients (``--mode fedavg``, one per torchrun process). A SIGTERM/SIGUSR1 to any training
+process stops all of them after the same step with a checkpoint and exit status 75 (requeue);
+``lungseg train-guard -- torchrun ...`` does the same for a signal to itself or to torchrun.
 """
 
 from __future__ import annotations
@@ -145,9 +146,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         model_path = train(config, args.train, args.val, args.out_dir)
-    except TrainingInterrupted as exc:
-        if env.is_main:
-            log.warning("%s", exc)
+    except TrainingInterrupted:  # the checkpoint is written and rank 0 logged the stop in one line
         return REQUEUE_EXIT_CODE
     except (ValueError, FileNotFoundError, FloatingPointError, DistributedSetupError) as exc:
         log.error("%s", exc)

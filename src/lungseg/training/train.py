@@ -45,6 +45,7 @@ from lungseg.training.config import RESUME_KEYS, TrainConfig
 from lungseg.training.dataset import SliceDataset, item_seed
 from lungseg.training.distributed import (
     DistEnv,
+    all_reduce_max,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
@@ -57,7 +58,7 @@ from lungseg.training.distributed import (
 from lungseg.training.losses import dice_counts, dice_from_counts, fscore_sum, get_loss
 from lungseg.training.models import build_model, set_encoder_trainable
 from lungseg.training.optim import build_optimizer, lr_at, set_lr
-from lungseg.training.preemption import StopRequest, TrainingInterrupted
+from lungseg.training.preemption import StopRequest, TrainingInterrupted, record_stop
 from lungseg.training.pretrained import load_vgg16_pretrained
 from lungseg.training.sampling import SliceSampler, oversampling_weights, partition_clients
 
@@ -223,8 +224,8 @@ def train(
     Runs as one process, or as one rank of a torchrun job (``mode="ddp"``: DDP; ``mode="fedavg"``: a
     federated client); NCCL on GPUs, gloo on CPU. Resumes from ``out_dir/checkpoint.pt`` when present.
     ``on_epoch_end(epoch, metrics_row)`` is called on every rank after each epoch's (round's) outputs
-    are written (epochs count from 1). SIGTERM / SIGUSR1 stop the run with a checkpoint and raise
-    :class:`~lungseg.training.preemption.TrainingInterrupted`.
+    are written (epochs count from 1). SIGTERM / SIGUSR1 to any rank stop all ranks after the same step
+    with a checkpoint (rank 0 logs it in one line) and raise :class:`~lungseg.training.preemption.TrainingInterrupted`.
     """
     config.validate()
     if not train_cases:
@@ -399,7 +400,7 @@ def _run_epoch(ctx: _Ctx, loader: DataLoader, epoch: int, epoch_seed: int, start
     """Train on ``loader`` from step ``start_step`` of ``epoch``; adds ``[loss * n, n]`` to ``sums``.
 
     ``collective``: the ranks train one model together (DDP) and agree after every step on stopping
-    (NaN loss anywhere raises at once; a signal anywhere stops all after the same step). Otherwise
+    (NaN loss anywhere raises at once; a signal to any rank stops all after the same step). Otherwise
     (federated clients with different step counts) the flags are local and reported in the result.
     """
     config, main = ctx.config, ctx.env.is_main
@@ -419,11 +420,12 @@ def _run_epoch(ctx: _Ctx, loader: DataLoader, epoch: int, epoch_seed: int, start
         loss = ctx.loss_fn(logits, masks)
         ctx.scaler.scale(loss).backward()  # before the check, so DDP's gradient all-reduce completes everywhere
         flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.float32),
-                             torch.tensor(float(ctx.stop.requested), device=ctx.device)])
+                             torch.tensor(float(ctx.stop.signum or 0), device=ctx.device)])
         if collective:
-            all_reduce_sum(flags)
-        bad, stop = (bool(v > 0) for v in flags.tolist())
-        if bad:
+            all_reduce_max(flags)
+        nonfinite, signum = flags.tolist()
+        stop = ctx.stop.adopt(int(signum))  # a signal to any rank stops all
+        if nonfinite > 0:
             message = (f"training loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1} "
                        f"(lr {ctx.optimizer.param_groups[0]['lr']:.3g}); stopped without updating the weights. "
                        f"The last good checkpoint ({ctx.ckpt_path}, if any) is kept; lower --lr or check the input data.")
@@ -508,8 +510,21 @@ def _save(ctx: _Ctx, epoch_done: int, **extra: Any) -> None:
 
 
 def _stop_agreed(ctx: _Ctx) -> bool:
-    flag = torch.tensor([float(ctx.stop.requested)], device=ctx.device)
-    return bool(all_reduce_sum(flag).item() > 0)
+    """Whether any rank received a stop signal (every rank then takes it on)."""
+    flag = torch.tensor([float(ctx.stop.signum or 0)], device=ctx.device)
+    return ctx.stop.adopt(int(all_reduce_max(flag).item()))
+
+
+def _stopped(ctx: _Ctx, epoch: int, step: int) -> TrainingInterrupted:
+    """After the stop's checkpoint is written: log the stop (rank 0), record it for ``lungseg train-guard``
+    (local rank 0 of each node) and wait for all ranks; returns the exception to raise."""
+    exc = TrainingInterrupted(ctx.stop.signum, str(ctx.ckpt_path), epoch, step)
+    if ctx.env.is_main:
+        log.warning("%s", exc)
+    if ctx.env.local_rank == 0:
+        record_stop(exc.signum)
+    barrier()
+    return exc
 
 
 def _row(epoch_done: int, train_sums: torch.Tensor, val: tuple[float, float, float], lr: float,
@@ -563,8 +578,7 @@ def _fit_ddp(ctx: _Ctx, start_epoch: int, position: dict | None,
             if env.is_main:
                 _save(ctx, epoch, optimizer=ctx.optimizer.state_dict(),
                       position={"epoch": epoch, "step": result.steps, "sums": sums.tolist()})
-            barrier()
-            raise TrainingInterrupted(ctx.stop.signum, str(ctx.ckpt_path), epoch, result.steps)
+            raise _stopped(ctx, epoch, result.steps)
         train_seconds = time.perf_counter() - t0
         all_reduce_sum(sums)
         val = _validate(ctx)
@@ -573,8 +587,7 @@ def _fit_ddp(ctx: _Ctx, start_epoch: int, position: dict | None,
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
         if _stop_agreed(ctx):
-            barrier()
-            raise TrainingInterrupted(ctx.stop.signum or 15, str(ctx.ckpt_path), epoch + 1, 0)
+            raise _stopped(ctx, epoch + 1, 0)
 
 
 # ---------------------------------------------------------------- federated averaging
@@ -627,19 +640,18 @@ def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict
                 at = {"epoch": e, "step": result.steps}
                 break
         position = None
-        flags = all_reduce_sum(torch.tensor([float(result.nonfinite), float(ctx.stop.requested)], device=ctx.device))
+        flags = all_reduce_max(torch.tensor([float(result.nonfinite), float(ctx.stop.signum or 0)], device=ctx.device))
         if flags[0] > 0:
             raise NonFiniteLossError(result.message or f"a federated client's training loss became NaN/inf in round "
                                      f"ending at epoch {round_end}; stopped before averaging. The last good checkpoint "
                                      f"({ctx.ckpt_path}, if any) is kept; lower --lr or check the input data.")
-        if flags[1] > 0:  # save every client's own progress in the round, then stop
+        if ctx.stop.adopt(int(flags[1])):  # save every client's own progress in the round, then stop
             mine_state = {"optimizer": ctx.optimizer.state_dict(), "model": cpu_state_dict(ctx.model),
                           "position": at, "round_sums": round_sums.tolist()}
             clients = gather_to_main(mine_state)
             if env.is_main:
                 _save(ctx, round_start, clients=clients)
-            barrier()
-            raise TrainingInterrupted(ctx.stop.signum or 15, str(ctx.ckpt_path), at["epoch"], at["step"])
+            raise _stopped(ctx, at["epoch"], at["step"])
         train_seconds = time.perf_counter() - t0
         weighted_average_(ctx.model, weight)
         all_reduce_sum(round_sums)
@@ -652,5 +664,4 @@ def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict
         if on_epoch_end is not None:
             on_epoch_end(round_end, row)
         if _stop_agreed(ctx):
-            barrier()
-            raise TrainingInterrupted(ctx.stop.signum or 15, str(ctx.ckpt_path), round_end, 0)
+            raise _stopped(ctx, round_end, 0)
