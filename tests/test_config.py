@@ -111,6 +111,37 @@ def test_defaults_are_filled_and_not_shared(config):
     assert first["train"]["fed_fractions"] == [] and first["train"]["fed_fractions"] is not second["train"]["fed_fractions"]
 
 
+def test_split_folds_and_stratify_defaults(config):
+    """A config from before k-fold still validates: one fold (the plain train/val split), stratified."""
+    config["split"].pop("folds", None)
+    config["split"].pop("stratify", None)
+    check_config(config, SCHEMA)
+    assert config["split"]["folds"] == 1 and config["split"]["stratify"] is True
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c["split"].update(folds=0), ["split.folds = 0 is not >= 1", "allowed: an integer >= 1"]),
+        (lambda c: c["split"].update(folds=2.5), ["split.folds = 2.5 is a number"]),
+        (lambda c: c["split"].update(stratify="yes"), ['split.stratify = "yes" is a string', "allowed: true or false"]),
+        (lambda c: c["split"].update(fold=5), ["unexpected key split.fold = 5", "(did you mean folds?)"]),
+    ],
+)
+def test_bad_split_folds(config, mutate, expected):
+    message = config_error(config, mutate)
+    for text in expected:
+        assert text in message, message
+
+
+def test_experiments_section_is_checked(config):
+    message = config_error(config, lambda c: c.update(experiments={"unet": {}, "grid": {"arch": ["unet"]},
+                                                                   "arch-unet": {}}))
+    assert message.startswith("invalid config: experiments.arch-unet: grid point arch-unet") and "\n" not in message
+    config["experiments"] = {"reference": "dense", "unet": {}, "dense": {"arch": "dense_unet"}}
+    check_config(config, SCHEMA)
+
+
 def test_defaults_wait_for_a_valid_schema(config):
     bad = copy.deepcopy(config)
     bad.pop("ingest")
@@ -160,6 +191,7 @@ def test_cross_key_rule(config, mutate, expected):
     "mutate",
     [
         lambda c: c["split"].update(fractions=[0.7, 0.2, 0.1]),  # 0.7 + 0.2 + 0.1 != 1.0 in floating point
+        lambda c: c["split"].update(fractions=[0.9, 0.0, 0.1], folds=5),  # k folds: the folds validate
         lambda c: c["train"].update(pretrained="hub", arch="vgg16_unet"),
         lambda c: (c["train"].update(label="heart"), c.update(source="cases")),  # a case sheet may have any label
         lambda c: c["train"].update(label="nodule", roi="none", roi_label="heart"),  # roi_label unused with roi none
@@ -197,8 +229,10 @@ def dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
     [
         (lambda c: c.update(reslts="out"), ['unexpected key reslts = "out"', "did you mean results?"]),
         (lambda c: c["split"].update(fractions=[0.8, 0.1, 0.2]), ["split.fractions = [0.8, 0.1, 0.2] sum to 1.1"]),
+        (lambda c: c.update(experiments={"unet": {}, "dense": {"arch": "dense_unet", "epoks": 3}}),
+         ["experiments.dense.epoks is not a train setting", "(did you mean epochs?)"]),
     ],
-    ids=["misspelled-key", "fractions"],
+    ids=["misspelled-key", "fractions", "experiments"],
 )
 def test_snakemake_stops_with_a_short_message(tmp_path, config, mutate, expected):
     mutate(config)

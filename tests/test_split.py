@@ -85,3 +85,174 @@ def test_case_sheet_errors_name_the_line(tmp_path):
     (tmp_path / "cols.tsv").write_text("case_id\tdicom\nc1\t/x\n")
     with pytest.raises(CaseSheetError, match="patient_id"):
         read_case_sheet(tmp_path / "cols.tsv")
+
+
+# ---------------------------------------------------------------- k-fold cross-validation
+
+from lungseg.split import (  # noqa: E402
+    assign_folds,
+    check_folds,
+    count_folds,
+    fold_cases,
+    out_of_fold_cases,
+    read_split_table,
+)
+
+#: 40 patients with 1-3 cases each
+COHORT = {f"c{i:03d}": f"p{i % 40:02d}" for i in range(90)}
+
+
+def _patients_of(table, cases=COHORT):
+    return {cases[c] for c in table}
+
+
+def test_folds_group_patients_and_validate_each_case_once():
+    table = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=7, folds=5)
+    patient_folds = {}
+    for case, (split, fold) in table.items():
+        patient_folds.setdefault(COHORT[case], set()).add((split, fold))
+    assert all(len(s) == 1 for s in patient_folds.values())  # no patient in two folds (or splits)
+    test = sorted(c for c, (s, _) in table.items() if s == "test")
+    assert test and all(table[c][1] is None for c in test)
+    assert {s for s, _ in table.values()} == {"train", "test"}
+    validated = [c for k in range(5) for c in out_of_fold_cases(table, k)]
+    assert sorted(validated) == sorted(c for c in table if c not in test)  # each non-test case in one fold
+    sizes = [len({COHORT[c] for c in out_of_fold_cases(table, k)}) for k in range(5)]
+    assert sum(sizes) == 36 and max(sizes) - min(sizes) <= 1  # balanced in patients
+    for k in range(5):
+        train, val = fold_cases(table, k, 5)
+        assert not set(train) & set(val) and not set(train) & set(test)
+        assert not {COHORT[c] for c in train} & {COHORT[c] for c in val}
+        assert sorted(train + val) == sorted(c for c in table if c not in test)
+
+
+def test_folds_are_reproducible_and_keep_the_test_set():
+    a = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=7, folds=4)
+    assert a == assign_folds(COHORT, [0.8, 0.1, 0.1], seed=7, folds=4)
+    assert a != assign_folds(COHORT, [0.8, 0.1, 0.1], seed=8, folds=4)
+    one = assign_splits(COHORT, [0.8, 0.1, 0.1], seed=7)
+    # the same test patients as the plain split, whatever the number of folds
+    assert {c for c, (s, _) in a.items() if s == "test"} == {c for c, s in one.items() if s == "test"}
+
+
+def test_one_fold_is_the_plain_split():
+    one = assign_splits(COHORT, [0.8, 0.1, 0.1], seed=7)
+    assert assign_folds(COHORT, [0.8, 0.1, 0.1], seed=7, folds=1) == {c: (s, None) for c, s in one.items()}
+    # a single stratum (every case has the label, e.g. lung) changes nothing
+    assert assign_splits(COHORT, [0.8, 0.1, 0.1], seed=7, strata=dict.fromkeys(COHORT, True)) == one
+    table = {c: (s, None) for c, s in one.items()}
+    train, val = fold_cases(table, 0, 1)
+    assert train == sorted(c for c, s in one.items() if s == "train")
+    assert val == sorted(c for c, s in one.items() if s == "val") == out_of_fold_cases(table, 0)
+
+
+def test_single_stratum_folds_equal_unstratified():
+    plain = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=3, folds=5)
+    assert assign_folds(COHORT, [0.8, 0.1, 0.1], seed=3, folds=5, strata=dict.fromkeys(COHORT, False)) == plain
+
+
+def test_stratified_folds_put_positives_in_every_fold():
+    # 6 of 40 patients have a nodule (all their cases); unstratified, some fold lacks one for some seed
+    positive_patients = {f"p{i:02d}" for i in (1, 5, 9, 22, 30, 33)}
+    strata = {c: COHORT[c] in positive_patients for c in COHORT}
+    for seed in range(20):
+        table = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=seed, folds=5, strata=strata)
+        positives_per_fold = [sum(strata[c] for c in out_of_fold_cases(table, k)) for k in range(5)]
+        held_out = {COHORT[c] for c, (s, _) in table.items() if s == "test"} & positive_patients
+        assert len(held_out) == 1  # the test cut takes 0.1 x 6 positives, rounded
+        assert all(positives_per_fold), (seed, positives_per_fold)
+        patient_counts = [len({COHORT[c] for c in out_of_fold_cases(table, k)}) for k in range(5)]
+        assert max(patient_counts) - min(patient_counts) <= 1
+    unstratified = [assign_folds(COHORT, [0.8, 0.1, 0.1], seed=s, folds=5) for s in range(20)]
+    assert any(not all(sum(strata[c] for c in out_of_fold_cases(t, k)) for k in range(5)) for t in unstratified)
+
+
+def test_stratified_test_cut_takes_each_stratum_in_proportion():
+    cases = {f"c{i:02d}": f"p{i:02d}" for i in range(40)}
+    strata = {c: i < 20 for i, c in enumerate(cases)}  # half the patients have the label
+    for folds in (1, 4):
+        table = assign_folds(cases, [0.5, 0.1, 0.4], seed=0, folds=folds, strata=strata)
+        test = [c for c, (s, _) in table.items() if s == "test"]
+        assert len(test) == 16 and sum(strata[c] for c in test) == 8, folds
+
+
+def test_patient_with_a_positive_case_counts_positive():
+    cases = {"a1": "pa", "a2": "pa", "b1": "pb", "c1": "pc", "d1": "pd"}
+    strata = {"a1": False, "a2": True, "b1": True, "c1": None}  # d1 missing: unknown
+    table = assign_folds(cases, [0.5, 0.25, 0.25], seed=1, folds=2, strata=strata)
+    assert table["a1"] == table["a2"]
+
+
+def test_more_folds_than_patients_is_one_line():
+    with pytest.raises(ValueError) as err:
+        check_folds(6, [0.8, 0.1, 0.1], 10)
+    message = str(err.value)
+    assert "\n" not in message and "split.folds = 10" in message and "6 patient(s)" in message, message
+    assert "leaving 5" in message and "set split.folds to at most 5" in message, message
+    with pytest.raises(ValueError, match="split.folds: 1"):
+        check_folds(2, [0.5, 0.0, 0.5], 2)
+    with pytest.raises(ValueError, match="split.folds = 0"):
+        check_folds(10, [0.8, 0.1, 0.1], 0)
+    check_folds(6, [0.8, 0.1, 0.1], 5)  # leave-one-patient-out
+    check_folds(1, [0.8, 0.1, 0.1], 1)
+
+
+def test_split_table_round_trip_with_folds(tmp_path):
+    table = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=2, folds=3)
+    splits = {c: s for c, (s, _) in table.items()}
+    write_split(tmp_path / "split.tsv", COHORT, splits, {c: f for c, (_, f) in table.items()})
+    assert read_split_table(tmp_path / "split.tsv") == table
+    assert read_split(tmp_path / "split.tsv") == splits
+    assert count_folds(table) == 3
+    header = (tmp_path / "split.tsv").read_text().splitlines()[0]
+    assert header == "case_id\tpatient_id\tsplit\tfold"
+
+
+def test_old_split_file_without_fold_column(tmp_path):
+    (tmp_path / "split.tsv").write_text("case_id\tpatient_id\tsplit\na\tp1\ttrain\nb\tp2\tval\nc\tp3\ttest\n")
+    table = read_split_table(tmp_path / "split.tsv")
+    assert table == {"a": ("train", None), "b": ("val", None), "c": ("test", None)}
+    assert fold_cases(table, 0, 1) == (["a"], ["b"])
+
+
+def test_fold_cases_refuse_a_mismatched_table():
+    table = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=2, folds=3)
+    with pytest.raises(ValueError, match="has 3 fold"):
+        fold_cases(table, 0, 5)
+    with pytest.raises(ValueError, match="fold 3 does not exist"):
+        fold_cases(table, 3, 3)
+
+
+def _ok_status(tmp_path, case, nodule):
+    import json
+
+    path = tmp_path / f"{case}.status.json"
+    path.write_text(json.dumps({"case_id": case, "status": "ok", "labels": {"lung": 100, "nodule": nodule}}))
+    return str(path)
+
+
+def test_cli_folds_and_stratify_label(tmp_path, capsys):
+    from lungseg.cli import main
+
+    sheet = _sheet(tmp_path, n=12)  # 6 patients, 2 cases each
+    statuses = [_ok_status(tmp_path, f"c{i}", 5 if i < 4 else 0) for i in range(11)]  # c11: no status
+    out = tmp_path / "split.tsv"
+    assert main(["split", "--cases", str(sheet), "--status", *statuses, "--folds", "2",
+                 "--stratify-label", "nodule", "-o", str(out)]) == 0
+    table = read_split_table(out)
+    assert len(table) == 12 and count_folds(table) == 2
+    assert table["c0"] == table["c1"] and table["c10"] == table["c11"]  # one patient, one fold
+    positive_train = [table[f"c{i}"] for i in (0, 2) if table[f"c{i}"][0] == "train"]  # patients p0, p1
+    assert len({fold for _, fold in positive_train}) == len(positive_train)  # in different folds
+    assert "stratified by label nodule: 4 of 12 cases" in capsys.readouterr().out
+
+
+def test_cli_more_folds_than_patients_is_one_line(tmp_path, capsys):
+    from lungseg.cli import main
+
+    sheet = _sheet(tmp_path, n=6)  # 3 patients
+    out = tmp_path / "split.tsv"
+    assert main(["split", "--cases", str(sheet), "--folds", "5", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lungseg split: error: split.folds = 5") and "\n" not in err, err
+    assert "3 patient(s)" in err and not out.exists()

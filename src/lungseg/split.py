@@ -1,8 +1,24 @@
-"""Patient-level train/val/test split, reproducible by seed.
+"""Patient-level train/val/test split and k-fold cross-validation folds, reproducible by seed.
 
-All cases of one patient go to the same split. Patients are shuffled with a seeded generator and
-cut by the requested fractions; val and test each get at least one patient when there are three
-or more, and train always keeps at least one.
+All cases of one patient go to the same split (and fold). Patients are shuffled with a seeded
+generator and cut by the requested fractions; val and test each get at least one patient when there
+are three or more, and train always keeps at least one.
+
+k-fold cross-validation (``split.folds`` = K > 1): the test patients are held out as with one fold
+(``fractions[2]``); every other patient gets split ``train`` and a fold 0..K-1 (sizes differ by at most
+one patient). Fold k's model trains on the other K-1 folds and validates on fold k, so each non-test
+case is validated (and gets an out-of-fold prediction) exactly once. ``fractions[1]`` (val) is then
+unused: each fold validates on its own patients.
+
+Stratification (``split.stratify``): given each case's stratum (``True``: the case has the training
+target label, ``False``: it has not, ``None``: unknown), a patient is positive when any of its cases
+is, else unknown when any is unknown, else negative. The test cut (and with one fold the val cut)
+then takes each stratum in proportion, and each stratum's patients are dealt round-robin across the
+folds, so every fold gets a positive patient when there are at least K positive non-test patients.
+With a single stratum (e.g. every case has a lung mask) the result is the unstratified one.
+
+``split.tsv`` columns: ``case_id``, ``patient_id``, ``split`` and ``fold`` (0..K-1 for the non-test
+cases when K > 1, empty otherwise).
 """
 
 from __future__ import annotations
@@ -10,7 +26,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +36,11 @@ from lungseg.atomic import write_text_atomic
 from lungseg.cases import CaseSheetError, quarantined_cases, read_case_sheet
 
 SPLITS = ("train", "val", "test")
+#: patient strata in the order their patients are dealt to the folds
+_POSITIVE, _NEGATIVE, _UNKNOWN = 0, 1, 2
+
+#: case -> split ("train", "val", "test") and fold (None without k-fold, and for test cases)
+SplitTable = Mapping[str, tuple[str, int | None]]
 
 
 def split_counts(n_patients: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -38,29 +60,151 @@ def split_counts(n_patients: int, fractions: Sequence[float]) -> tuple[int, int,
     return n_patients - n_val - n_test, n_val, n_test
 
 
-def assign_splits(case_patients: Mapping[str, str], fractions: Sequence[float], seed: int) -> dict[str, str]:
-    """Map each case ID to 'train', 'val' or 'test', grouping cases by patient."""
+def check_folds(n_patients: int, fractions: Sequence[float], folds: int) -> None:
+    """Raise ValueError (one line naming split.folds, the patient counts and the fix) when ``folds``
+    cannot be cut from ``n_patients`` patients: K > 1 folds need K patients outside the test set."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"split.folds = {folds!r}; allowed: an integer >= 1 (1 = one train/val split)")
+    n_test = split_counts(n_patients, fractions)[2]
+    n_rest = n_patients - n_test
+    if folds > 1 and folds > n_rest:
+        fix = (f"set split.folds to at most {n_rest} (or 1: one train/val split)" if n_rest >= 2
+               else "set split.folds: 1 (one train/val split)")
+        raise ValueError(f"split.folds = {folds} needs {folds} patients outside the test set, but the cohort has "
+                         f"{n_patients} patient(s) and {n_test} go to test (split.fractions {list(fractions)}), "
+                         f"leaving {n_rest}; {fix}, or add patients")
+
+
+def _ranked_patients(case_patients: Mapping[str, str], seed: int) -> list[str]:
+    """Patients in the seeded random order every cut and fold starts from."""
     patients = sorted(set(case_patients.values()))
     order = np.random.default_rng(seed).permutation(len(patients))
-    n_train, n_val, _ = split_counts(len(patients), fractions)
+    return [patients[i] for i in order]
+
+
+def _patient_strata(case_patients: Mapping[str, str], strata: Mapping[str, bool | None]) -> dict[str, int]:
+    """Patient -> stratum: positive if any case has the label, else unknown if any case is unknown."""
+    seen: dict[str, set[int]] = {}
+    for case, patient in case_patients.items():
+        value = strata.get(case)
+        seen.setdefault(patient, set()).add(_UNKNOWN if value is None else _POSITIVE if value else _NEGATIVE)
+    return {patient: _POSITIVE if _POSITIVE in kinds else _UNKNOWN if _UNKNOWN in kinds else _NEGATIVE
+            for patient, kinds in seen.items()}
+
+
+def _interleaved(ranked: Sequence[str], patient_strata: Mapping[str, int]) -> list[str]:
+    """``ranked`` reordered so that every window holds the strata in proportion: the j-th of a stratum's
+    n patients (in ranked order) sits at (j + 0.5) / n. A single stratum keeps the ranked order."""
+    groups: dict[int, list[str]] = {}
+    for patient in ranked:
+        groups.setdefault(patient_strata[patient], []).append(patient)
+    rank = {p: i for i, p in enumerate(ranked)}
+    keyed = [((j + 0.5) / len(group), rank[p], p) for group in groups.values() for j, p in enumerate(group)]
+    return [p for _, _, p in sorted(keyed)]
+
+
+def assign_splits(case_patients: Mapping[str, str], fractions: Sequence[float], seed: int,
+                  strata: Mapping[str, bool | None] | None = None) -> dict[str, str]:
+    """Map each case ID to 'train', 'val' or 'test', grouping cases by patient.
+
+    ``strata`` (case -> has the target label, None = unknown; missing cases are unknown) makes the val
+    and test cuts take each stratum in proportion; without it (or with a single stratum) the split is
+    the plain seeded one.
+    """
+    ranked = _ranked_patients(case_patients, seed)
+    n_train, n_val, _ = split_counts(len(ranked), fractions)
+    order = _interleaved(ranked, _patient_strata(case_patients, strata)) if strata is not None else ranked
     patient_split = {}
-    for rank, index in enumerate(order):
-        patient_split[patients[index]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    for rank, patient in enumerate(order):
+        patient_split[patient] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
     return {case: patient_split[patient] for case, patient in sorted(case_patients.items())}
 
 
-def write_split(path: Path, case_patients: Mapping[str, str], splits: Mapping[str, str]) -> None:
+def assign_folds(case_patients: Mapping[str, str], fractions: Sequence[float], seed: int, folds: int = 1,
+                 strata: Mapping[str, bool | None] | None = None) -> dict[str, tuple[str, int | None]]:
+    """Map each case ID to (split, fold). ``folds == 1``: :func:`assign_splits` with no folds.
+    ``folds = K > 1``: test as with one fold; every other case ('train', fold 0..K-1), patient-grouped,
+    seeded, fold sizes within one patient, each stratum dealt round-robin across the folds."""
+    check_folds(len(set(case_patients.values())), fractions, folds)
+    if folds == 1:
+        return {case: (split, None) for case, split in assign_splits(case_patients, fractions, seed, strata).items()}
+    ranked = _ranked_patients(case_patients, seed)
+    n_test = split_counts(len(ranked), fractions)[2]
+    patient_strata = _patient_strata(case_patients, strata) if strata is not None else dict.fromkeys(ranked, 0)
+    order = _interleaved(ranked, patient_strata)
+    test = set(order[len(order) - n_test:])
+    rest = sorted((p for p in ranked if p not in test), key=lambda p: patient_strata[p])  # stable: ranked within
+    patient_fold = {patient: i % folds for i, patient in enumerate(rest)}
+    return {case: ("test", None) if patient in test else ("train", patient_fold[patient])
+            for case, patient in sorted(case_patients.items())}
+
+
+def write_split(path: Path, case_patients: Mapping[str, str], splits: Mapping[str, str],
+                folds: Mapping[str, int | None] | None = None) -> None:
+    """split.tsv: case_id, patient_id, split, fold (empty where a case has none)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-    writer.writerow(["case_id", "patient_id", "split"])
+    writer.writerow(["case_id", "patient_id", "split", "fold"])
     for case in sorted(splits):
-        writer.writerow([case, case_patients[case], splits[case]])
+        fold = (folds or {}).get(case)
+        writer.writerow([case, case_patients[case], splits[case], "" if fold is None else fold])
     write_text_atomic(path, buffer.getvalue())
 
 
 def read_split(path: Path) -> dict[str, str]:
+    """case -> split ('train', 'val' or 'test')."""
     with open(path, newline="") as f:
         return {row["case_id"]: row["split"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def read_split_table(path: Path) -> dict[str, tuple[str, int | None]]:
+    """case -> (split, fold); fold is None for test cases, without k-fold, and in files without the column."""
+    with open(path, newline="") as f:
+        return {row["case_id"]: (row["split"], int(row["fold"]) if (row.get("fold") or "").strip() else None)
+                for row in csv.DictReader(f, delimiter="\t")}
+
+
+def count_folds(table: SplitTable) -> int:
+    """Number of folds a split table was cut into (1 when it has no fold column values)."""
+    folds = {fold for _, fold in table.values() if fold is not None}
+    return max(folds) + 1 if folds else 1
+
+
+def fold_cases(table: SplitTable, fold: int, folds: int) -> tuple[list[str], list[str]]:
+    """(training cases, validation cases) of ``fold``: with ``folds == 1`` (fold 0) the train and val
+    splits; with K > 1 the non-test cases of the other folds, and those of fold ``fold``."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} does not exist with split.folds = {folds}; allowed: 0 to {folds - 1}")
+    found = count_folds(table)
+    if found != folds:
+        raise ValueError(f"the split table has {found} fold(s) but split.folds = {folds}; "
+                         f"re-run `lungseg split --folds {folds}`")
+    if folds == 1:
+        return (sorted(c for c, (s, _) in table.items() if s == "train"),
+                sorted(c for c, (s, _) in table.items() if s == "val"))
+    train = sorted(c for c, (s, f) in table.items() if s != "test" and f is not None and f != fold)
+    return train, out_of_fold_cases(table, fold)
+
+
+def out_of_fold_cases(table: SplitTable, fold: int) -> list[str]:
+    """The validation cases of ``fold`` (those fold ``fold``'s model predicts out of fold): the val
+    split when the table has no folds (fold 0 only)."""
+    if count_folds(table) == 1:
+        if fold != 0:
+            raise ValueError(f"fold {fold} does not exist: the split table has no folds (only fold 0)")
+        return sorted(c for c, (s, _) in table.items() if s == "val")
+    return sorted(c for c, (s, f) in table.items() if s != "test" and f == fold)
+
+
+def label_strata(status_files: Iterable[str | Path], label: str) -> dict[str, bool | None]:
+    """case -> whether its ingest status counts foreground voxels of ``label`` (``labels[label] > 0``);
+    None when the status has no count for it (quarantined, or the label missing)."""
+    strata: dict[str, bool | None] = {}
+    for path in status_files:
+        status = json.loads(Path(path).read_text())
+        count = (status.get("labels") or {}).get(label) if status.get("status") == "ok" else None
+        strata[str(status["case_id"])] = None if count is None else count > 0
+    return strata
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +213,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="ingest status JSON files; quarantined cases are left out of every split")
     parser.add_argument("--fractions", nargs=3, type=float, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="TSV file: case_id, patient_id, split")
+    parser.add_argument("--folds", type=int, default=1,
+                        help="k-fold cross-validation: K > 1 gives every non-test case a fold 0..K-1 (default 1: "
+                             "one train/val split)")
+    parser.add_argument("--stratify-label", metavar="NAME", default=None,
+                        help="stratify the test cut and the folds by whether a case has label NAME "
+                             "(labels[NAME] > 0 in its --status file; no status: unknown stratum)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="TSV file: case_id, patient_id, split, fold")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,8 +231,20 @@ def run(args: argparse.Namespace) -> int:
                              "see the quarantine table for each reason and fix")
     if excluded:
         print(f"left out {len(excluded)} quarantined case(s): {', '.join(sorted(excluded))}")
-    splits = assign_splits(case_patients, args.fractions, args.seed)
-    write_split(args.output, case_patients, splits)
+    try:
+        check_folds(len(set(case_patients.values())), args.fractions, args.folds)
+    except ValueError as exc:
+        raise CaseSheetError(str(exc)) from None
+    strata = label_strata(args.status, args.stratify_label) if args.stratify_label else None
+    table = assign_folds(case_patients, args.fractions, args.seed, args.folds, strata)
+    splits = {case: split for case, (split, _) in table.items()}
+    write_split(args.output, case_patients, splits, {case: fold for case, (_, fold) in table.items()})
     counts = {s: sum(v == s for v in splits.values()) for s in SPLITS}
     print(f"split {len(splits)} cases: {counts} -> {args.output}")
+    if args.folds > 1:
+        sizes = [sum(f == k for _, f in table.values()) for k in range(args.folds)]
+        print(f"{args.folds} folds of the non-test cases: {sizes} cases")
+    if strata is not None:
+        positive = sorted(c for c in splits if strata.get(c))
+        print(f"stratified by label {args.stratify_label}: {len(positive)} of {len(splits)} cases have it")
     return 0

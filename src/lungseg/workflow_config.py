@@ -40,7 +40,9 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> No
     """Validate ``config`` (Draft 2020-12), fill in the schema's defaults, then run the cross-key checks.
 
     Raises :class:`ConfigError` naming the key (as in the YAML, e.g. ``train.epochs``), the value
-    and the allowed form. Defaults are filled into ``config`` only once it passes the schema.
+    and the allowed form. Defaults are filled into ``config`` only once it passes the schema. Last,
+    the ``experiments`` section (:func:`lungseg.experiments.check_experiments`): names, overrides, and
+    each experiment's train settings against the schema and :data:`TRAIN_CHECKS`.
     """
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
@@ -52,6 +54,12 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> No
         problem = check(config)
         if problem:
             raise ConfigError(f"invalid config: {problem}")
+    from lungseg.experiments import ExperimentError, check_experiments  # imports this module's checks
+
+    try:  # each experiment's train settings: the schema's train section and TRAIN_CHECKS
+        check_experiments(config, schema)
+    except ExperimentError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
 
 
 def _fill_defaults(validator: Any, properties: Mapping[str, Any], instance: Any,
@@ -221,11 +229,14 @@ def _fractions_sum(config: Mapping[str, Any]) -> str | None:
 
 
 def _val_and_test(config: Mapping[str, Any]) -> str | None:
+    """Val and test get cases; with k folds (split.folds > 1) the folds are the validation sets."""
     fractions = config["split"]["fractions"]
-    empty = [name for name, f in zip(("val", "test"), fractions[1:]) if f <= 0]
+    cut = ("val", "test") if config["split"].get("folds", 1) == 1 else ("test",)
+    empty = [name for name, f in zip(("val", "test"), fractions[1:]) if f <= 0 and name in cut]
     if empty:
-        return (f"split.fractions = {show(fractions)} leave {' and '.join(empty)} without cases; allowed: val and "
-                "test fractions > 0 (training validates on val, the metrics need test cases)")
+        return (f"split.fractions = {show(fractions)} leave {' and '.join(empty)} without cases; allowed: "
+                f"{' and '.join(cut)} fraction{'s' if len(cut) > 1 else ''} > 0 (training validates on val, "
+                "the metrics need test cases)")
     return None
 
 
@@ -308,8 +319,10 @@ def _demo_case_clients(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-#: rules between keys, run in order on a schema-valid config with defaults; each returns a problem or None
-CROSS_KEY_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
-    _fractions_sum, _val_and_test, _image_size_for_depth, _hu_window, _lr_min, _pretrained_arch,
+#: the rules that read train: (run again on every experiment's settings, see lungseg.experiments)
+TRAIN_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
+    _image_size_for_depth, _hu_window, _lr_min, _pretrained_arch,
     _fedavg_rounds, _fedavg_fractions, _demo_labels, _demo_case_clients,
 )
+#: rules between keys, run in order on a schema-valid config with defaults; each returns a problem or None
+CROSS_KEY_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (_fractions_sum, _val_and_test, *TRAIN_CHECKS)

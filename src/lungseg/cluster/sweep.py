@@ -26,6 +26,8 @@ from typing import Any
 
 import submitit
 
+from lungseg.experiments import grid_point_name  # the naming experiments' grid points share
+
 #: grid keys that shape the job rather than being passed to ``lungseg train``
 LAYOUT_KEYS = ("nproc", "nodes")
 #: ``lungseg train`` options the sweep sets itself for every run
@@ -98,10 +100,6 @@ def check_grid_keys(grid: Mapping[str, Sequence[str]], train_options: Iterable[s
                 raise SweepError(f"--grid {key}={value}: must be a positive integer")
 
 
-def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "", value) or "x"
-
-
 def expand_grid(grid: Mapping[str, Sequence[str]]) -> list[RunSpec]:
     """Cartesian product of the grid, in the given key order; names like ``arch-unet_nproc-2``."""
     keys = list(grid)
@@ -112,7 +110,7 @@ def expand_grid(grid: Mapping[str, Sequence[str]]) -> list[RunSpec]:
         for key, value in values.items():
             if key not in LAYOUT_KEYS:
                 args += [f"--{key.replace('_', '-')}", value]
-        name = "_".join(f"{k}-{_slug(v)}" for k, v in values.items()) or "run"
+        name = grid_point_name(values) or "run"
         specs.append(RunSpec(name=name, values=values, nproc=int(values.get("nproc", 1)),
                              nodes=int(values.get("nodes", 1)), train_args=tuple(args)))
     if len({s.name for s in specs}) != len(specs):
