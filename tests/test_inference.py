@@ -8,17 +8,18 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from lungseg.casefile import CaseVolume, write_case
 from lungseg.cli import main
 from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.inference.model import load_predictor
 from lungseg.inference.postprocess import keep_largest_components, restrict_to
-from lungseg.inference.predict import predict_volume
+from lungseg.inference.predict import predict_logits, predict_probabilities, predict_volume
 from lungseg.ingest.errors import IngestError
 from lungseg.lungmask.default import lung_mask_default
 from lungseg.training.checkpoint import CHECKPOINT_FORMAT, model_file_state, save_checkpoint
 from lungseg.training.dataset import roi_box
-from lungseg.training.models import UNet
-from lungseg.training.preprocess import to_model_input
+from lungseg.training.models import UNet, build_model
+from lungseg.training.preprocess import logits_to_mask, to_model_input
 
 META = {"image_size": 64, "hu_window": (-1000.0, 400.0)}
 
@@ -223,3 +224,71 @@ def test_model_trained_on_a_region_of_interest_gets_the_same_region(tmp_path, ca
     np.testing.assert_array_equal(read_volume(str(tmp_path / "m.nii.gz"))[0],
                                   predict_volume(model, {**META, "roi": {"mode": "crop", "margin": 4}}, hu, roi_mask=region,
                                                  progress=False))
+
+
+ENSEMBLE = (("unet", {"base_channels": 4, "depth": 2}, 0), ("unet", {"base_channels": 4, "depth": 2}, 1),
+            ("dense_unet", {"base_channels": 4, "depth": 2, "dense_layers": 2}, 2))
+
+
+def _fold_model(path, hu, arch, kwargs, seed, label="lung", roi=None) -> None:
+    """A random model built by the training code, biased so that about half of ``hu`` is foreground."""
+    torch.manual_seed(seed)
+    model = build_model(arch, **kwargs).eval()
+    with torch.no_grad():
+        model.head.bias -= model(to_model_input(hu, 64, META["hu_window"])).median()
+    save_checkpoint(path, model_file_state(model, arch=arch, model_kwargs=kwargs, label=label, image_size=64,
+                                           hu_window=META["hu_window"], epoch=1, val_dice=0.5, roi=roi))
+
+
+def test_fold_ensemble_is_the_mean_of_the_models_probabilities(tmp_path, capsys):
+    hu = smooth_volume(shape=(5, 56, 60), seed=3)
+    geometry = Geometry((0.8, 0.7, 2.0), (-30.0, 12.0, 5.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_case(tmp_path / "c1.h5", CaseVolume("c1", hu, geometry))
+    paths = [tmp_path / f"fold{i}.pt" for i in range(len(ENSEMBLE))]
+    for path, (arch, kwargs, seed) in zip(paths, ENSEMBLE):
+        _fold_model(path, hu, arch, kwargs, seed)
+    models, metas = zip(*(load_predictor(p) for p in paths))
+    singles = [predict_probabilities(m, meta, hu, flips="x", progress=False) for m, meta in zip(models, metas)]
+    ensemble = predict_probabilities(list(models), list(metas), hu, flips="x", progress=False)
+    assert ensemble.dtype == np.float32 and ensemble.shape == hu.shape
+    np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), rtol=0, atol=1e-6)
+    # one model: its probabilities are exactly those the single-model mask thresholds (the pre-ensemble path)
+    old_mask = logits_to_mask(predict_logits(models[0], to_model_input(hu, 64, META["hu_window"]), "x"), hu.shape[1:])
+    np.testing.assert_array_equal(singles[0] > 0.5, old_mask.astype(bool))
+    # through the CLI, from a case file: the written mask is the thresholded mean, in the scan's geometry
+    cmd = ["predict", str(tmp_path / "c1.h5"), "--flips", "x", "--threads", "1"]
+    assert main([*cmd, *(a for p in paths for a in ("--model", str(p))), "-o", str(tmp_path / "ens.nii.gz")]) == 0
+    written, written_geometry = read_volume(str(tmp_path / "ens.nii.gz"))
+    np.testing.assert_array_equal(written, (ensemble > 0.5).astype(np.uint8))
+    np.testing.assert_allclose(written_geometry.origin, geometry.origin, atol=1e-4)
+    exact_mean = np.mean(np.asarray(singles, dtype=np.float64), axis=0)
+    differ = (written > 0) != (exact_mean > 0.5)
+    assert np.all(np.abs(exact_mean[differ] - 0.5) < 1e-6)  # only float rounding at the threshold
+    for single in singles:  # a real ensemble: no single model gives its mask
+        assert ((single > 0.5) != (written > 0)).mean() > 0.01
+    # one --model: exactly today's single-model mask
+    assert main([*cmd, "--model", str(paths[0]), "-o", str(tmp_path / "one.nii.gz")]) == 0
+    np.testing.assert_array_equal(read_volume(str(tmp_path / "one.nii.gz"))[0], old_mask)
+
+
+def test_ensemble_of_models_that_do_not_agree_is_a_clear_error(tmp_path, capsys):
+    hu = smooth_volume(shape=(3, 40, 40))
+    write_case(tmp_path / "c1.h5", CaseVolume("c1", hu, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))))
+    arch, kwargs, _ = ENSEMBLE[0]
+    _fold_model(tmp_path / "lung.pt", hu, arch, kwargs, 0)
+    _fold_model(tmp_path / "nodule.pt", hu, arch, kwargs, 1, label="nodule")
+    _fold_model(tmp_path / "crop.pt", hu, arch, kwargs, 2, roi={"mode": "crop", "label": "lung", "margin": 4})
+    _fold_model(tmp_path / "crop8.pt", hu, arch, kwargs, 3, roi={"mode": "crop", "label": "lung", "margin": 8})
+    expected = {("lung.pt", "nodule.pt"): "segments 'nodule', but the first model segments 'lung'",
+                ("lung.pt", "crop.pt"): "trained with roi crop of 'lung' with margin 4, but the first model with roi none",
+                ("crop.pt", "crop8.pt"): "margin 8, but the first model with roi crop of 'lung' with margin 4"}
+    for (first, second), reason in expected.items():
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "c1.h5"), "--model", str(tmp_path / first), "--model",
+                     str(tmp_path / second), "-o", str(tmp_path / "m.nii.gz")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err and str(tmp_path / second) in err, err
+    assert not (tmp_path / "m.nii.gz").exists()
+    models, metas = zip(*(load_predictor(tmp_path / n) for n in ("lung.pt", "nodule.pt")))
+    with pytest.raises(ValueError, match="model 2 of the ensemble segments 'nodule'"):
+        predict_probabilities(list(models), list(metas), hu, progress=False)

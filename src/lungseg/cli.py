@@ -32,9 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("lungseg.inference.cli", "mask one study (.h5 case, DICOM folder or CT volume) with a trained model, in the scan's geometry"),
     "evaluate": ("lungseg.evaluation.cli", "per-case overlap metrics of a predicted mask against the reference"),
     "aggregate": ("lungseg.evaluation.aggregate", "collect per-case metrics into a CSV table and a JSON summary"),
+    "compare": ("lungseg.evaluation.compare", "compare experiments and baselines on the test cases: CIs, paired differences to a reference, CV Dice, cost"),
     "plot-training": ("lungseg.report.training_curves", "plot training curves from the per-epoch metrics CSV"),
     "plot-overlay": ("lungseg.report.overlay", "montage of axial slices: reference green, prediction red, agreement yellow"),
-    "report": ("lungseg.report.cli", "report sections: cohort, metrics tables, distribution, worst/best cases, workflow"),
+    "report": ("lungseg.report.cli", "report sections: cohort, metrics tables, distribution, worst/best cases, workflow, experiment comparison"),
 }
 
 

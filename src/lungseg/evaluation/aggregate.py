@@ -79,12 +79,14 @@ def summarise(rows: list[dict], samples: int = DEFAULT_SAMPLES, seed: int = 0) -
 
 
 def rows_to_csv(rows: list[dict]) -> str:
+    """One line per row; a ``fold`` column (after ``method``) when rows have one (``lungseg evaluate --fold``)."""
     buffer = io.StringIO()
     detection = [m for m in DETECTION_METRICS if any(m in r for r in rows)]
-    fields = ["case_id", "label", "method", *METRICS, *detection]
+    fold = ["fold"] if any("fold" in r for r in rows) else []
+    fields = ["case_id", "label", "method", *fold, *METRICS, *detection]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for row in sorted(rows, key=lambda r: (r["method"], r["case_id"])):
+    for row in sorted(rows, key=lambda r: (r["method"], r.get("fold", -1), r["case_id"])):
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v)
                          for k, v in row.items()})
     return buffer.getvalue()

@@ -41,3 +41,16 @@ def bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, samples
     with np.errstate(invalid="ignore", divide="ignore"):
         ratios = num[idx].sum(axis=1) / den[idx].sum(axis=1)  # resamples without any nodule: NaN, dropped
     return _interval(ratios, level)
+
+
+def paired_bootstrap_ci(x: np.ndarray, y: np.ndarray, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                        level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile CI of mean(x) - mean(y) for paired values (``x[i]``, ``y[i]`` of one case): each resample
+    draws cases with replacement and uses the same indices for both; None for < 2 pairs."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same shape, got {x.shape} and {y.shape}")
+    if x.size < 2:
+        return None
+    idx = _indices(x.size, samples, seed)
+    return _interval(x[idx].mean(axis=1) - y[idx].mean(axis=1), level)

@@ -32,8 +32,10 @@ def _same_grid(a: Geometry, b: Geometry) -> bool:
     return all(np.allclose(getattr(a, k), getattr(b, k), atol=1e-3) for k in ("spacing", "origin", "direction"))
 
 
-def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], detection: bool = False) -> list[dict]:
-    """One row per method (plus the all-background baseline) with every metric (and nodule detection counts)."""
+def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], detection: bool = False,
+                  fold: int | None = None) -> list[dict]:
+    """One row per method (plus the all-background baseline) with every metric (and nodule detection counts);
+    with ``fold`` (an out-of-fold evaluation of a cross-validation) every row also has ``"fold": fold``."""
     with open_case(case_path) as f:
         if label not in f["labels"]:
             raise IngestError(case_path, f"has no reference label '{label}' (it has {sorted(f['labels'])})",
@@ -48,7 +50,8 @@ def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], det
             raise IngestError(path, f"is not on the grid of {case_path} (shape {mask.shape} vs {reference.shape})",
                               "write predictions in the scan's own geometry (lungseg predict does)")
         masks[method] = mask
-    return [{"case_id": case_id, "label": label, "method": m, **segmentation_metrics(mask, reference, geometry),
+    fold_column = {} if fold is None else {"fold": int(fold)}
+    return [{"case_id": case_id, "label": label, "method": m, **fold_column, **segmentation_metrics(mask, reference, geometry),
              **(detection_counts(mask, reference) if detection else {})}
             for m, mask in masks.items()]
 
@@ -60,12 +63,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="predicted mask volume of a method (repeatable)")
     parser.add_argument("--detection", action="store_true",
                         help="also count nodules found (connected components matched by overlap) and false positives")
+    parser.add_argument("--fold", type=int, default=None, metavar="K",
+                        help="cross-validation fold whose held-out case this is: adds \"fold\": K to every row "
+                             "(out-of-fold metrics; `lungseg aggregate` keeps it as a column)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file with one row per method")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    rows = evaluate_case(args.case, args.label, dict(args.pred), detection=args.detection)
+    if args.fold is not None and args.fold < 0:
+        raise SystemExit("lungseg evaluate: error: --fold must be >= 0")
+    rows = evaluate_case(args.case, args.label, dict(args.pred), detection=args.detection, fold=args.fold)
     # JSON has no NaN: write null, read back as NaN by the aggregator
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     write_text_atomic(args.output, json.dumps(clean, indent=2) + "\n")

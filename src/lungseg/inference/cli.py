@@ -3,6 +3,11 @@
 The study may be an ingested case (``.h5``), a DICOM series folder or a CT volume (NIfTI, NRRD, MHA);
 DICOM folders and volumes go through the same reader as ``lungseg ingest``, so a study that fails
 ingest fails here with the same one-line message.
+
+``--model`` may be given several times (e.g. the k fold models of a cross-validation): the mask is then
+the mean of the models' foreground probabilities (each after its own test-time flips) thresholded at
+0.5, followed by the same post-processing. The models must segment the same label and have been
+trained on the same region of interest. One model gives exactly the single-model mask.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from lungseg.casefile import read_case
 from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.inference.model import load_predictor
 from lungseg.inference.postprocess import classical_lung_mask, keep_largest_components, restrict_to
-from lungseg.inference.predict import FLIPS, model_roi, predict_volume
+from lungseg.inference.predict import FLIPS, ensemble_mismatch, model_roi, predict_volume
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.scan import read_scan
 
@@ -28,7 +33,9 @@ log = logging.getLogger("lungseg.predict")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="ingested case (.h5), DICOM series folder, or CT volume (.nii.gz, .mha, ...)")
-    parser.add_argument("--model", type=Path, required=True, help="model file written by `lungseg train` (model.pt)")
+    parser.add_argument("--model", type=Path, action="append", required=True,
+                        help="model file written by `lungseg train` (model.pt); repeat it for an ensemble: the mean of "
+                             "the models' foreground probabilities is thresholded (same label and region of interest)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask volume to write (.nii.gz, .mha, ...)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default: 16)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -79,13 +86,13 @@ def _region(spec: str, hu: np.ndarray, geometry: Geometry, computed: dict[str, n
     return region
 
 
-def _roi_mask(args: argparse.Namespace, meta: dict, hu: np.ndarray, geometry: Geometry,
+def _roi_mask(args: argparse.Namespace, model_path: Path, meta: dict, hu: np.ndarray, geometry: Geometry,
               computed: dict[str, np.ndarray]) -> np.ndarray | None:
     roi = model_roi(meta)
     if roi["mode"] == "none":
         return None
     if args.roi_mask == "auto" and roi["label"] not in ("lung", ""):
-        raise IngestError(args.model, f"was trained on a '{roi['label']}' region, which 'auto' (a lung mask) cannot give",
+        raise IngestError(model_path, f"was trained on a '{roi['label']}' region, which 'auto' (a lung mask) cannot give",
                           f"pass --roi-mask with a '{roi['label']}' mask of this scan")
     return _region(args.roi_mask, hu, geometry, computed)
 
@@ -96,20 +103,27 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("lungseg predict: error: --batch-size and --threads must be >= 1, --largest-components >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, meta = load_predictor(args.model)  # fail fast on a wrong model, before reading the study
+    # fail fast on a wrong model or models that cannot be averaged, before reading the study
+    models, metas = zip(*(load_predictor(path) for path in args.model))
+    mismatch = ensemble_mismatch(metas)
+    if mismatch:
+        i, reason = mismatch
+        raise IngestError(args.model[i], f"{reason} ({args.model[0]})",
+                          "ensemble only models of one target and region of interest (the folds of one experiment)")
+    meta = metas[0]
     hu, geometry, name = _load_study(args.input)
     computed: dict[str, np.ndarray] = {}
-    roi_mask = _roi_mask(args, meta, hu, geometry, computed)
+    roi_mask = _roi_mask(args, args.model[0], meta, hu, geometry, computed)
     start = time.perf_counter()
-    mask = predict_volume(model, meta, hu, batch_size=args.batch_size, flips=args.flips, roi_mask=roi_mask)
+    mask = predict_volume(list(models), list(metas), hu, batch_size=args.batch_size, flips=args.flips, roi_mask=roi_mask)
     seconds = time.perf_counter() - start
     if args.lung_mask:
         mask = restrict_to(mask, _region(args.lung_mask, hu, geometry, computed))
     if args.largest_components:
         mask = keep_largest_components(mask, args.largest_components)
     write_volume(str(args.output), mask, geometry)
-    log.info("%s: %d slices of %dx%d, %s model (roi %s), flips %s, %d threads: inference %.2f s (%.1f ms/slice); "
-             "%d voxels -> %s", name, *hu.shape, meta.get("label", "?"), model_roi(meta)["mode"], args.flips,
+    log.info("%s: %d slices of %dx%d, %d %s model(s) (roi %s), flips %s, %d threads: inference %.2f s (%.1f ms/slice); "
+             "%d voxels -> %s", name, *hu.shape, len(models), meta.get("label", "?"), model_roi(meta)["mode"], args.flips,
              torch.get_num_threads(), seconds,
              1000 * seconds / max(hu.shape[0], 1), int(mask.sum()), args.output)
     return 0

@@ -44,6 +44,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--worst", type=Path, required=True, help="PNG of the worst cases")
     p.add_argument("--best", type=Path, required=True, help="PNG of the best cases")
 
+    p = sections.add_parser("comparison", help="experiment comparison table (HTML) from `lungseg compare`")
+    p.add_argument("--json", type=Path, required=True, help="comparison.json from `lungseg compare`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
+
+    p = sections.add_parser("paired-dice", help="per-case Dice of each experiment, one line per case (PNG)")
+    p.add_argument("--csv", type=Path, required=True, help="metrics.csv of the test cases from `lungseg aggregate`")
+    p.add_argument("--reference", required=True, help="reference method, plotted first")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to plot after the reference (default: all but the baselines all_background, lungmask_*)")
+    p.add_argument("--metric", default="dice", help="per-case metric to plot (default: dice)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
+
     p = sections.add_parser("workflow", help="configuration, software versions and run times (HTML pages)")
     p.add_argument("--config-json", required=True, help="the run's configuration as a JSON string")
     p.add_argument("--benchmarks", type=Path, required=True, help="folder of Snakemake benchmark files (<rule>/*.tsv)")
@@ -70,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
         plot_extremes(args.csv, args.pair, args.label, args.worst, args.best, method=args.method, metric=args.metric,
                       n_cases=args.cases, n_slices=args.slices)
+    elif args.section == "comparison":
+        from lungseg.report.comparison import comparison_html, load
+
+        write_text_atomic(args.output, comparison_html(load(args.json)))
+    elif args.section == "paired-dice":
+        from lungseg.report.comparison import plot_paired
+
+        plot_paired(args.csv, args.reference, args.output, methods=args.methods, metric=args.metric)
     elif args.section == "workflow":
         from lungseg.report.workflow_info import config_html, runtimes_html, versions_html
 
