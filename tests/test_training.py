@@ -23,7 +23,9 @@ from lungseg.training.preprocess import logits_to_mask, normalize_hu, resize_mas
 from lungseg.training.train import METRICS_FIELDS, TrainConfig, train
 
 # tiny and fast: 18 training slices, 6 validation slices of 48x48 at 32x32
-TINY = TrainConfig(base_channels=4, depth=2, image_size=32, epochs=2, batch_size=4, lr=1e-2, seed=0, threads=1)
+# whole slices (roi none; the default is crop to the lung box): these tests are about the training mechanics
+TINY = TrainConfig(base_channels=4, depth=2, image_size=32, epochs=2, batch_size=4, lr=1e-2, seed=0, threads=1,
+                   roi="none")
 
 
 def make_case(path: Path, seed: int, n: int = 6, size: int = 48, label: str = "lung") -> str:

@@ -27,7 +27,9 @@ from lungseg.training.sampling import SliceSampler, oversampling_weights, partit
 from lungseg.training.train import TrainConfig, seed_everything, train
 from test_training import make_case, read_rows
 
-TINY = TrainConfig(base_channels=4, depth=2, image_size=32, epochs=2, batch_size=4, lr=1e-2, seed=0, threads=1)
+# whole slices (roi none; the default is crop to the lung box): these tests are about the training mechanics
+TINY = TrainConfig(base_channels=4, depth=2, image_size=32, epochs=2, batch_size=4, lr=1e-2, seed=0, threads=1,
+                   roi="none")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,71 @@
-"""Training settings (:class:`TrainConfig`) and their validation."""
+"""Training settings (:class:`TrainConfig`): the one source of their defaults, validation and help.
+
+Where the settings of a run come from (``lungseg train``), later ones winning: the defaults of
+:class:`TrainConfig`; the settings file of ``--config FILE`` (:func:`load_settings`: a JSON or YAML
+mapping of TrainConfig field -> value, e.g. the resolved ``train:`` settings of one workflow
+experiment, ``results/experiments/<name>/train_settings.json``); the options given on the command line.
+
+Keys. Every field is a ``lungseg train`` option (``base_channels`` -> ``--base-channels``; booleans
+as ``--augment`` / ``--no-augment``). The workflow's ``train:`` section (schema) has every field but
+:data:`CLI_ONLY` (``device``, ``log_every``: how one hand run shows progress and which device it
+picks; the workflow always uses ``auto``) and adds :data:`WORKFLOW_ONLY` (``nproc_per_node``: the
+launcher's process count; training reads it as torchrun's ``WORLD_SIZE``), which a settings file may
+hold and ``lungseg train`` ignores. Any other key of a settings file is an error naming it.
+``tests/test_training_config.py`` keeps the schema, this class and the CLI the same set with the same
+defaults; schema keys without a default (``required`` there) are the ones a workflow config must spell out.
+
+Resuming (two layers, consistent: :data:`RESUME_KEYS` is disjoint from :data:`EXECUTION_ONLY`, so a
+checkpoint in a workflow folder always passes the check of the second layer):
+
+* Workflow: a run's checkpoint folder is named by :func:`lungseg.training.rule_args.checkpoint_key`,
+  a hash of all its settings except :data:`EXECUTION_ONLY` (``threads``, ``num_workers`` and the
+  CLI-only ``device``, ``log_every``: how a run is executed, not what it computes). A requeued or
+  preempted job, or a rerun with other thread counts / loader workers, continues the run; any other
+  change (``epochs``, ``lr``, ``batch_size``, ``arch``, ``nproc_per_node``, ``amp``, ...) trains from
+  scratch in a new folder; the old folder is kept, so going back to the old settings continues it.
+  ``epochs`` starts over because the learning-rate schedule (warmup, then cosine from ``lr`` down to
+  ``lr_min`` at the last epoch) is laid out over all epochs: the first 5 epochs of a 10-epoch run are
+  not those of a 20-epoch run, so a continued run would give a model no fresh run reproduces.
+* One ``--out-dir`` (hand runs): ``train`` refuses a checkpoint whose :data:`RESUME_KEYS` differ
+  (another model, data or training mode: the weights would not fit or would mean something else) and
+  otherwise continues it with the new settings: raising ``--epochs`` trains on (the cosine is laid out
+  anew over the new total, so the result differs from a fresh run of that length), and another
+  ``--batch-size`` or process count continues at an epoch boundary.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from lungseg.training.dataset import ROI_MODES
 from lungseg.training.losses import LOSSES
 from lungseg.training.models import MODELS, NORMS
+from lungseg.training.rule_args import EXECUTION_ONLY  # noqa: F401 - re-exported; torch-free module for the Snakefile
 from lungseg.training.sampling import PARTITIONS
 
 MODES = ("ddp", "fedavg")
 OPTIMIZERS = ("adam", "sgd")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
-#: settings a checkpoint must share with the current config to be resumed
+DEVICES = ("auto", "cpu", "cuda")
+#: settings a checkpoint must share with the current config to be resumed in the same --out-dir
 RESUME_KEYS = ("arch", "base_channels", "depth", "norm", "label", "image_size", "hu_window", "roi", "roi_label",
                "roi_margin", "mode", "optimizer", "local_epochs", "fed_partition", "fed_fractions")
+#: TrainConfig fields that are options of a hand run only, not keys of the workflow's train: section
+CLI_ONLY = ("device", "log_every")
+#: keys of the workflow's train: section that are not TrainConfig fields; allowed in a settings file, ignored
+WORKFLOW_ONLY = ("nproc_per_node",)
+#: the allowed values of the settings with a fixed set of them (validate, the CLI's choices, the schema's enums)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "arch": tuple(sorted(MODELS)), "norm": tuple(NORMS), "roi": tuple(ROI_MODES), "loss": tuple(sorted(LOSSES)),
+    "optimizer": OPTIMIZERS, "mode": MODES, "fed_partition": tuple(PARTITIONS), "amp": AMP_MODES,
+    "channels_last": SWITCHES, "device": DEVICES,
+}
 
 
 @dataclass
@@ -39,7 +88,7 @@ class TrainConfig:
     label: str = "lung"
     image_size: int = 128
     hu_window: tuple[float, float] = (-1000.0, 400.0)
-    roi: str = "none"  # none, crop (to the roi_label box) or mask (HU outside roi_label -> window low)
+    roi: str = "crop"  # none, crop (to the roi_label box) or mask (HU outside roi_label -> window low)
     roi_label: str = "lung"
     roi_margin: int = 8
     epochs: int = 8
@@ -68,11 +117,25 @@ class TrainConfig:
     deterministic: bool = False
     log_every: int = 0  # log a line every N training steps (0: progress bar only)
 
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any], source: str = "training settings") -> TrainConfig:
+        """A TrainConfig from ``{field: value}`` (missing fields: the defaults). Lists become tuples,
+        numbers are converted to the field's type (YAML's ``1e-3`` string too); :data:`WORKFLOW_ONLY`
+        keys are ignored. Raises ValueError (one line, starting with ``source``) for a key that is not
+        a field or a value of the wrong kind. Does not :meth:`validate`."""
+        names = setting_names()
+        unknown = [str(k) for k in settings if k not in names and k not in WORKFLOW_ONLY]
+        if unknown:
+            match = difflib.get_close_matches(unknown[0], names, n=1)
+            raise ValueError(f"{source}: {'key' if len(unknown) == 1 else 'keys'} {', '.join(unknown)} "
+                             f"{'is not a training setting' if len(unknown) == 1 else 'are not training settings'}"
+                             + (f" (did you mean {match[0]}?)" if match else "")
+                             + f"; allowed: {', '.join(names)} (and {', '.join(WORKFLOW_ONLY)}, ignored)")
+        types = {f.name: str(f.type) for f in fields(cls)}
+        return cls(**{k: _coerce(source, k, types[k], v) for k, v in settings.items() if k in types})
+
     def validate(self) -> None:
-        choices = {"arch": MODELS, "norm": NORMS, "roi": ROI_MODES, "loss": LOSSES, "optimizer": OPTIMIZERS,
-                   "mode": MODES, "fed_partition": PARTITIONS, "amp": AMP_MODES, "channels_last": SWITCHES,
-                   "device": ("auto", "cpu", "cuda")}
-        for name, valid in choices.items():
+        for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(sorted(valid))}")
         for name in ("base_channels", "depth", "image_size", "epochs", "batch_size", "local_epochs"):
@@ -108,3 +171,82 @@ class TrainConfig:
         d["hu_window"] = [float(v) for v in self.hu_window]
         d["fed_fractions"] = [float(v) for v in self.fed_fractions]
         return d
+
+
+def setting_names() -> list[str]:
+    """The TrainConfig fields, in order: the keys of a settings file (besides :data:`WORKFLOW_ONLY`)."""
+    return [f.name for f in fields(TrainConfig)]
+
+
+def _coerce(source: str, key: str, kind: str, value: Any) -> Any:
+    """``value`` as a TrainConfig field of type ``kind`` (its annotation), or a one-line ValueError."""
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"{source}: {key} = {json.dumps(value, default=str)} is not {expected}")
+
+    def number(v: Any, integer: bool) -> int | float:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise bad("an integer" if integer else "a number")
+        try:
+            f = float(v)
+        except ValueError:
+            raise bad("an integer" if integer else "a number") from None
+        if integer:
+            if not f.is_integer():
+                raise bad("an integer")
+            return int(f)
+        return f
+
+    if value is None and kind.endswith("| None"):
+        return None
+    base = kind.removesuffix(" | None")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if base in ("int", "float"):
+        return number(value, base == "int")
+    if base == "str":
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted off / on as false / true
+            return "on" if value else "off"
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if base.startswith("tuple["):
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list of numbers")
+        items = tuple(number(v, False) for v in value)
+        if base == "tuple[float, float]" and len(items) != 2:
+            raise bad("a list of two numbers")
+        return items
+    raise AssertionError(f"TrainConfig.{key}: no conversion for type {kind}")  # a new field type: add it here
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """The mapping of a settings file: JSON (``.json``) or YAML (anything else). ValueError (one line
+    naming the file) for a file that does not parse or is not a mapping; FileNotFoundError if missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file {path} not found (--config); give the path of a JSON or YAML file")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - json / yaml parse errors: one line naming the file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"settings file {path}: cannot parse it ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"settings file {path}: expected a mapping of training settings (key: value), "
+                         f"got {type(data).__name__}")
+    return dict(data)
+
+
+def config_from_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from a settings file, updated with ``overrides`` (what ``lungseg train --config`` does)."""
+    settings = {**load_settings(path), **(overrides or {})}
+    return TrainConfig.from_mapping(settings, source=f"settings file {path}")

@@ -8,6 +8,10 @@ Each configuration is a fresh run of ``lungseg train`` in its own folder under `
 the per-process batch size is the same, so DDP's global batch is N times larger. Columns: wall time of the whole command (process start included),
 training time (sum of epoch times), mean training images/s, speed-up of the training time over the
 single process, final training loss and validation Dice (last epoch) and the best validation Dice.
+
+Settings of every run: ``--train-config FILE`` (a ``lungseg train --config`` settings file, e.g. the
+workflow's :func:`lungseg.training.rule_args.scaling_train_settings`; its mode / federated settings are
+dropped, the study sets those per run), then ``--train-args``; ``--epochs`` and the threads are the study's.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-process", type=int, default=1, metavar="N",
                         help="CPU threads of each training process, i.e. of one 'device' (default: 1)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="runs to make (default: all)")
+    parser.add_argument("--train-config", type=Path, default=None, metavar="FILE",
+                        help="training settings file for every run (as `lungseg train --config`; mode, local_epochs, "
+                             "fed_partition and fed_fractions in it are ignored: the study sets them)")
     parser.add_argument("--train-args", default="", metavar="'ARGS'",
                         help="further `lungseg train` options for every run, e.g. '--arch unet --image-size 128 --lr 0.002'")
 
@@ -85,8 +92,22 @@ def _read_rows(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _study_settings(train_config: Path, out_dir: Path) -> tuple[list[str], int]:
+    """``--config`` of every run: the settings file without what the study sets per run (written to
+    ``out_dir/train_settings.json``), and its batch size per process."""
+    from lungseg.training.config import TrainConfig, load_settings
+    from lungseg.training.rule_args import SCALING_OWN, write_train_settings
+
+    settings = {k: v for k, v in load_settings(train_config).items() if k not in SCALING_OWN}
+    batch = TrainConfig.from_mapping(settings, source=f"settings file {train_config}").batch_size
+    path = out_dir / "train_settings.json"
+    write_train_settings(settings, path)
+    return ["--config", str(path)], batch
+
+
 def run_study(train: list[str], val: list[str], out_dir: Path, nproc: int, epochs: int, threads_per_process: int,
-              modes: list[str], train_args: list[str]) -> tuple[list[dict[str, object]], dict[str, list[dict[str, float]]]]:
+              modes: list[str], train_args: list[str],
+              train_config: Path | None = None) -> tuple[list[dict[str, object]], dict[str, list[dict[str, float]]]]:
     """Run every mode; returns the table rows and each run's per-epoch metrics."""
     if nproc < 2:
         raise ValueError(f"--nproc must be >= 2 to compare with a single process, got {nproc}")
@@ -94,9 +115,10 @@ def run_study(train: list[str], val: list[str], out_dir: Path, nproc: int, epoch
         raise ValueError(f"--threads-per-process must be >= 1, got {threads_per_process}")
     if not train or not val:
         raise ValueError("need training and validation cases (--train / --val are empty); check the split")
+    config_args, batch = _study_settings(train_config, out_dir) if train_config is not None else ([], None)
     if "--batch-size" in train_args:
         batch = int(train_args[train_args.index("--batch-size") + 1])
-    else:
+    elif batch is None:
         from lungseg.training.config import TrainConfig
 
         batch = TrainConfig().batch_size
@@ -108,7 +130,7 @@ def run_study(train: list[str], val: list[str], out_dir: Path, nproc: int, epoch
         run_dir.mkdir(parents=True)
         processes = 1 if mode == "single" else nproc
         common = ["--train", *train, "--val", *val, "--out-dir", str(run_dir), "--epochs", str(epochs),
-                  "--threads", str(threads_per_process * processes), *train_args]
+                  "--threads", str(threads_per_process * processes), *config_args, *train_args]
         cmd = _command(mode, nproc, common)
         log.info("%s: %s", mode, " ".join(cmd[:8]) + " ...")
         t0 = time.perf_counter()
@@ -182,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         rows, curves = run_study(args.train, args.val, args.out_dir, args.nproc, args.epochs, args.threads_per_process,
-                                 args.modes, args.train_args.split())
-    except (ValueError, RuntimeError) as exc:
+                                 args.modes, args.train_args.split(), args.train_config)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         log.error("%s", exc)
         return 1
     write_table(args.table, rows)
