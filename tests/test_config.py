@@ -192,7 +192,7 @@ def test_cross_key_rule(config, mutate, expected):
     [
         lambda c: c["split"].update(fractions=[0.7, 0.2, 0.1]),  # 0.7 + 0.2 + 0.1 != 1.0 in floating point
         lambda c: c["split"].update(fractions=[0.9, 0.0, 0.1], folds=5),  # k folds: the folds validate
-        lambda c: c["train"].update(pretrained="hub", arch="vgg16_unet"),
+        lambda c: (c["train"].update(pretrained="hub", arch="vgg16_unet"), c.pop("experiments")),
         lambda c: (c["train"].update(label="heart"), c.update(source="cases")),  # a case sheet may have any label
         lambda c: c["train"].update(label="nodule", roi="none", roi_label="heart"),  # roi_label unused with roi none
         lambda c: c["train"].update(fed_fractions=[0.5, 0.5], nproc_per_node=3),  # ddp ignores fed_fractions

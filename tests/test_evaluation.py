@@ -130,3 +130,18 @@ def test_evaluate_and_aggregate_cli_for_the_nodule_target(tmp_path, capsys):
     assert main(["evaluate", "--case", str(tmp_path / "c1.h5"), "--label", "nodule", "--pred",
                  f"unet={tmp_path / 'small.nii.gz'}", "-o", str(tmp_path / "x.json")]) == 1
     assert "is not on the grid of" in capsys.readouterr().err
+
+
+def test_evaluate_baseline_apart_from_the_experiments(tmp_path):
+    """The workflow evaluates each experiment without the all-background row and the baselines once per case."""
+    ref = ball((5, 10, 10), 3)
+    write_case(tmp_path / "c1.h5", CaseVolume("c1", np.zeros(SHAPE, np.int16), GEOM, labels={"nodule": ref}))
+    write_volume(str(tmp_path / "pred.nii.gz"), ref, GEOM)
+    case = str(tmp_path / "c1.h5")
+    assert main(["evaluate", "--case", case, "--label", "nodule", "--pred", f"exp={tmp_path / 'pred.nii.gz'}",
+                 "--no-baseline", "-o", str(tmp_path / "exp.json")]) == 0
+    assert [r["method"] for r in json.loads((tmp_path / "exp.json").read_text())] == ["exp"]
+    assert main(["evaluate", "--case", case, "--label", "nodule", "-o", str(tmp_path / "base.json")]) == 0
+    assert [r["method"] for r in json.loads((tmp_path / "base.json").read_text())] == ["all_background"]
+    with pytest.raises(SystemExit, match="nothing to evaluate"):
+        main(["evaluate", "--case", case, "--label", "nodule", "--no-baseline", "-o", str(tmp_path / "x.json")])

@@ -61,6 +61,7 @@ def write_config(workdir: Path, **train: object) -> None:
     config["demo"].update(n_cases=len(CASES), slices=8, size=64)
     config["train"].update(epochs=1, image_size=32, base_channels=4, depth=2, batch_size=8, nproc_per_node=1)
     config["train"].update(train)
+    config.pop("experiments")  # one experiment, named after train.arch: unet
     (workdir / "config").mkdir(exist_ok=True)
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
 
@@ -128,14 +129,16 @@ def test_changed_training_settings_rerun_training_and_below_only(run_dir: Path) 
     # has stored params, changed or not; it still lists the model.)
     summary = status_plan(smk(run_dir, "--summary", *targets(run_dir)))
     changed = {path for path, (status, _) in summary.items() if status == "params changed"}
-    assert changed == {"results/model/lung/model.pt", "results/model/lung/metrics.csv"}, summary
+    # the experiment's settings file, and its model (whose checkpoint folder is keyed by the settings)
+    assert changed == {"results/experiments/unet/train_settings.json", "results/experiments/unet/folds/0/model.pt",
+                       "results/experiments/unet/folds/0/metrics.csv"}, summary
     pending = {path for path, (_, plan) in summary.items() if plan == "update pending"}
-    assert any(p.startswith("results/predictions/") for p in pending), pending
+    assert any(p.startswith("results/experiments/unet/predictions/") for p in pending), pending
     assert "results/metrics/summary.json" in pending
     assert not {p for p in pending if p.startswith(("results/ingest/", "results/lungmask/", "resources/"))}, pending
-    assert "results/model/lung/model.pt" in smk(run_dir, "--list-changes", "params", *targets(run_dir))
+    assert "results/experiments/unet/train_settings.json" in smk(run_dir, "--list-changes", "params", *targets(run_dir))
     dry = smk(run_dir, "-n", *targets(run_dir))
-    assert "params have changed since last execution:\n        train\n" in dry
+    assert "params have changed since last execution:\n        train_settings\n" in dry
     planned = rules(dry)
     assert {"train", "predict", "evaluate", "aggregate"} <= planned, planned
     assert not planned & {"demo_case", "ingest", "lung_mask", "split"}, planned

@@ -26,6 +26,8 @@ from test_sweep import TINY_TRAIN, write_tiny_cases
 pytestmark = pytest.mark.slow
 REQUIRED = os.environ.get("LUNGSEG_SLURM_TESTS") == "required"
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: .*?/rule_([A-Za-z0-9_]+)/")
+EXPERIMENTS = ["unet", "dense_unet"]  # config/config.yaml's experiments
+FOLDS = 2  # cross-validation folds of the cluster test config: experiments x folds training jobs
 
 
 def _run(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -93,6 +95,7 @@ def cluster_test_config(workdir: Path, nproc: int) -> Path:
     config["train"].update(epochs=1, image_size=64, base_channels=8, depth=3, batch_size=8,
                            nproc_per_node=nproc, threads=nproc)
     config["predict"]["threads"] = 1
+    config["split"].update(folds=FOLDS, fractions=[0.6, 0.0, 0.4])
     if "scaling" in config:  # the scaling study (workflow/rules/scaling.smk): as small as allowed
         config["scaling"].update(epochs=1, nproc=2)
     config["cluster"].update(account="", cpu_partition="cpu", gpu_partition="gpu", gpu_type="",
@@ -134,7 +137,8 @@ def test_demo_dag_completes_through_sbatch(dag_run) -> None:
     workdir, proc, jobs = dag_run
     for rule in ("demo_case", "ingest", "lung_mask", "split", "train", "predict", "evaluate", "aggregate"):
         assert rule in jobs, f"rule {rule} was not submitted through sbatch: {sorted(jobs)}"
-    assert len(jobs["ingest"]) == 3 and len(jobs["train"]) == 1
+    # every experiment and fold is a training job of its own (config/config.yaml: two experiments; 2 folds here)
+    assert len(jobs["ingest"]) == 3 and len(jobs["train"]) == len(EXPERIMENTS) * FOLDS
     accounted = sacct([j for ids in jobs.values() for j in ids])
     assert {row["state"] for row in accounted.values()} == {"COMPLETED"}, accounted
     summary = workdir / "results/metrics/summary.json"
@@ -147,17 +151,20 @@ def test_demo_dag_completes_through_sbatch(dag_run) -> None:
 
 def test_train_ran_on_gpu_partition_with_gpus(dag_run) -> None:
     workdir, _, jobs = dag_run
-    (job_id,) = jobs["train"]
-    row = sacct([job_id])[job_id]
     nproc = min(2, gpus_per_node())
-    assert row["partition"] == "gpu", row
-    assert f"--gpus={nproc}" in row["submit"] and "--cpus-per-gpu=1" in row["submit"], row["submit"]
-    assert "--comment rule_train" in row["submit"] and "--requeue" in row["submit"]
-    record = scontrol_job(job_id)  # still known to slurmctld (MinJobAge): what SLURM allocated
-    if record:
-        assert f"TresPerJob=gres:gpu:{nproc}" in record or f"gres/gpu={nproc}" in record, record
-    log = (workdir / "logs/train/lung.log").read_text()
-    assert f"{nproc} process(es)" in log  # torchrun started one process per requested GPU
+    rows = sacct(jobs["train"])
+    assert len(rows) == len(EXPERIMENTS) * FOLDS, rows
+    for job_id, row in rows.items():
+        assert row["partition"] == "gpu", row
+        assert f"--gpus={nproc}" in row["submit"] and "--cpus-per-gpu=1" in row["submit"], row["submit"]
+        assert "--comment rule_train" in row["submit"] and "--requeue" in row["submit"]
+        record = scontrol_job(job_id)  # still known to slurmctld (MinJobAge): what SLURM allocated
+        if record:
+            assert f"TresPerJob=gres:gpu:{nproc}" in record or f"gres/gpu={nproc}" in record, record
+    for experiment in EXPERIMENTS:
+        for fold in range(FOLDS):
+            log = (workdir / "logs/train" / experiment / f"{fold}.log").read_text()
+            assert f"{nproc} process(es)" in log  # torchrun started one process per requested GPU
 
 
 #: rules that train, and so go to the GPU partition

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shlex
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from lungseg.training.rule_args import (
     EXECUTION_ONLY,
     checkpoint_key,
     scaling_train_settings,
-    train_options,
     train_settings_json,
     write_train_settings,
 )
@@ -128,17 +126,10 @@ def test_settings_file_reproduces_the_workflow_rule(tmp_path: Path) -> None:
     override = config_from_args(parser().parse_args([*IO, "--config", str(path), "--epochs", "3", "--no-augment",
                                                      "--fed-fractions", "--roi", "none"]))
     assert override == replace(expected, epochs=3, augment=False, roi="none")
-    # the same settings as YAML, and the option list the train rule spelled out before the file
+    # the same settings as YAML
     yaml_path = tmp_path / "settings.yaml"
     yaml_path.write_text(yaml.safe_dump(dict(settings)))
     assert config_from_settings(yaml_path) == expected
-    t = settings
-    flags = ["--arch", t["arch"], "--label", t["label"], "--epochs", t["epochs"], "--batch-size", t["batch_size"],
-             "--lr", t["lr"], "--base-channels", t["base_channels"], "--depth", t["depth"], "--image-size",
-             t["image_size"], "--hu-window", *t["hu_window"], "--seed", t["seed"], "--num-workers", t["num_workers"],
-             "--threads", t["threads"]]
-    legacy = [*IO, *map(str, flags), *shlex.split(train_options(t))]
-    assert config_from_args(parser().parse_args(legacy)) == expected
     # every setting as an option gives the same config as the file
     every = [*IO]
     for name in setting_names():

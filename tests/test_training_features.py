@@ -277,18 +277,15 @@ def test_bad_input_is_refused_clearly(cases, tmp_path: Path) -> None:
         train(replace(TINY, pretrained="hub"), *cases, tmp_path / "p")
 
 
-def test_rule_options_from_config() -> None:
-    from lungseg.training.rule_args import scaling_train_args, train_options
+def test_scaling_study_settings_from_config() -> None:
+    """The scaling study's settings file: train: with the study's image size, without what each run chooses."""
+    from lungseg.training.rule_args import scaling_train_settings
 
-    cfg = {"norm": "group", "pretrained": None, "fed_fractions": [0.6, 0.4], "sync_bn": True, "deterministic": False,
-           "augment": False, "mode": "fedavg", "lr_min": 1e-6}
-    assert train_options(cfg) == "--norm group --lr-min 1e-06 --mode fedavg --fed-fractions 0.6 0.4 --sync-bn --no-augment"
-    config = {"train": {"arch": "unet", "label": "lung", "base_channels": 8, "depth": 3, "image_size": 128,
-                        "hu_window": [-1000, 400], "batch_size": 4, "lr": 0.01, "seed": 0, "num_workers": 0, **cfg},
-              "scaling": {"image_size": 64}}
-    args = scaling_train_args(config)
-    assert args.startswith("'--train-args=--arch unet") and "--image-size 64" in args
-    assert "--mode" not in args and "--fed-fractions" not in args and "--norm group" in args
+    train = {"arch": "unet", "image_size": 128, "mode": "fedavg", "local_epochs": 2, "fed_partition": "case",
+             "fed_fractions": [0.6, 0.4], "norm": "group", "lr": 0.01}
+    settings = scaling_train_settings({"train": train, "scaling": {"image_size": 64}})
+    assert settings == {"arch": "unet", "image_size": 64, "norm": "group", "lr": 0.01}
+    assert scaling_train_settings({"train": train, "scaling": {"image_size": None}})["image_size"] == 128
 
 
 def test_checkpoint_key_continues_only_across_execution_settings() -> None:

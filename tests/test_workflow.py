@@ -22,6 +22,7 @@ from lungseg.demo.cohort import demo_identity
 pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CASES = ["demo001", "demo002", "demo003"]
+EXPERIMENTS = ["unet", "dense_unet"]  # config/config.yaml's experiments
 
 
 def _env() -> dict[str, str]:
@@ -54,15 +55,22 @@ def run_dir(tmp_path_factory) -> Path:
 def test_outputs_exist(run_dir):
     results = run_dir / "results"
     split = (results / "split.tsv").read_text().splitlines()[1:]
-    test_cases = [line.split("\t")[0] for line in split if line.endswith("\ttest")]
+    test_cases = [line.split("\t")[0] for line in split if line.split("\t")[2] == "test"]
     assert len(test_cases) == 1
-    assert (results / "predictions" / f"{test_cases[0]}.nii.gz").is_file()
-    for name in ("metrics/metrics.csv", "metrics/summary.json", "plots/training_curves.png", "report.html",
-                 f"plots/overlays/{test_cases[0]}.png", "model/lung/model.pt", "model/lung/metrics.csv"):
+    for experiment in EXPERIMENTS:  # the demo config compares two experiments, unet the reference
+        for name in (f"predictions/{test_cases[0]}.nii.gz", "folds/0/model.pt", "folds/0/metrics.csv",
+                     "train_settings.json", "metrics/metrics.csv", "metrics/summary.json"):
+            assert (results / "experiments" / experiment / name).is_file(), (experiment, name)
+        assert (results / "plots/training" / experiment / "0.png").is_file()
+    for name in ("metrics/metrics.csv", "metrics/summary.json", "report.html", f"plots/overlays/{test_cases[0]}.png",
+                 "comparison/comparison.csv", "comparison/comparison.json", "report/comparison.html",
+                 "report/paired_dice.png"):
         assert (results / name).is_file(), name
     summary = json.loads((results / "metrics/summary.json").read_text())
-    assert set(summary) == {"unet", "lungmask_default", "all_background"}
+    assert set(summary) == {*EXPERIMENTS, "lungmask_default", "all_background"}
     assert summary["all_background"]["metrics"]["dice"]["mean"] == 0.0
+    comparison = json.loads((results / "comparison/comparison.json").read_text())
+    assert comparison["reference"] == "unet" and comparison["methods"]["dense_unet"]["difference"]["dice"]["n_pairs"] == 1
     for case in CASES:
         assert (run_dir / "logs/ingest" / f"{case}.log").is_file()
         assert (results / "benchmarks/ingest" / f"{case}.tsv").is_file()
@@ -205,9 +213,9 @@ def test_killed_retrain_is_trained_again_by_the_next_plain_run(run_dir):
     and redo what follows, not say "Nothing to be done" with the model missing (issue 11)."""
     import psutil
 
-    model = run_dir / "results/model/lung/model.pt"
+    model = run_dir / "results/experiments/unet/folds/0/model.pt"
     config = yaml.safe_load((run_dir / "config/config.yaml").read_text())
-    config["train"]["epochs"] = 40  # long enough to be stopped; the last test of this module: no need to restore
+    config["experiments"]["unet"] = {"epochs": 40}  # long enough to be stopped; the last test: no need to restore
     (run_dir / "config/config.yaml").write_text(yaml.safe_dump(config))
     cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(run_dir), "--cores", "2"]
     proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -217,7 +225,7 @@ def test_killed_retrain_is_trained_again_by_the_next_plain_run(run_dir):
         assert proc.poll() is None and time.monotonic() < deadline, "the retrain did not start"
         for child in psutil.Process(proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if "train-guard" in " ".join(child.cmdline()):
+                if "train-guard" in " ".join(child.cmdline()) and "experiments/unet/" in " ".join(child.cmdline()):
                     guard = child
         time.sleep(0.05)
     time.sleep(1.0)  # let training begin
@@ -229,6 +237,6 @@ def test_killed_retrain_is_trained_again_by_the_next_plain_run(run_dir):
     run = smk(run_dir, "--cores", "2")
     assert "train" in {rule for rule, _ in planned_jobs(run.stdout + run.stderr)}
     assert model.is_file()
-    predictions = list((run_dir / "results/predictions").glob("*.nii.gz"))
+    predictions = list((run_dir / "results/experiments/unet/predictions").glob("*.nii.gz"))
     assert predictions and all(p.stat().st_mtime_ns > model.stat().st_mtime_ns for p in predictions)
     assert "Nothing to be done" in smk(run_dir, "-n").stdout

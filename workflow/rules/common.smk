@@ -1,6 +1,8 @@
 # Config validation, the case table and input functions shared by all rules.
 import functools
+import json
 import os
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -10,7 +12,9 @@ from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
 from lungseg.ingest.dicom_series import list_dicom_files
 from lungseg.ingest.errors import IngestError
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
-from lungseg.split import read_split
+from lungseg.experiments import reference_experiment, resolve_experiments
+from lungseg.training.rule_args import checkpoint_key
+from lungseg.split import check_folds, fold_cases, read_split, read_split_table
 from lungseg.workflow_config import ConfigError, check_config
 
 min_version("8.10")
@@ -27,10 +31,18 @@ os.environ.update(LUNGSEG_ROOT=workflow.basedir)
 
 RESULTS = config["results"]
 LABEL = config["train"]["label"]
+#: experiment name -> its resolved train settings (config `experiments:`, or one from `train:`)
+EXPERIMENTS = resolve_experiments(config)
+#: the experiment the others are compared against
+REFERENCE = reference_experiment(config)
+#: k-fold cross-validation: one model per fold and experiment (1: one train/val split)
+FOLDS = config["split"]["folds"]
 
 
 wildcard_constraints:
     case=r"[A-Za-z0-9_.-]+",
+    experiment="|".join(re.escape(name) for name in EXPERIMENTS),
+    fold=r"\d+",
 
 
 def _read_case_sheet(path):
@@ -71,6 +83,18 @@ def _sheet_at(path, mtime_ns):
     return _read_case_sheet(path)
 
 
+def _check_folds_against_patients():
+    """More folds than patients outside the test set: one line when the workflow starts (sheet known)."""
+    if FOLDS > 1 and CASES:
+        try:
+            check_folds(len({row["patient_id"] for row in CASES.values()}), config["split"]["fractions"], FOLDS)
+        except ValueError as exc:
+            raise WorkflowError(str(exc)) from None
+
+
+_check_folds_against_patients()
+
+
 def case_table():
     """case_id -> case sheet row (dicom, label_<name>, series, lidc_xml, luna16 columns)."""
     if config["source"] != "discover":
@@ -95,6 +119,34 @@ def split_of_cases():
 
 def cases_in(split):
     return sorted(c for c, s in split_of_cases().items() if s == split)
+
+
+def fold_split(fold):
+    """(training cases, validation cases) of one fold (fold 0 of 1: the train and val splits)."""
+    return fold_cases(read_split_table(checkpoints.split.get().output[0]), int(fold), FOLDS)
+
+
+def fold_of_case(case):
+    """The fold whose validation set holds ``case`` (its out-of-fold prediction comes from that fold's model)."""
+    return read_split_table(checkpoints.split.get().output[0])[case][1]
+
+
+def out_of_fold_cases():
+    """Every case outside the test set (k-fold cross-validation only)."""
+    return sorted(c for c, (split, fold) in read_split_table(checkpoints.split.get().output[0]).items() if fold is not None)
+
+
+def experiment_dir(experiment):
+    return f"{RESULTS}/experiments/{experiment}"
+
+
+def model_file(experiment, fold):
+    return f"{RESULTS}/experiments/{experiment}/folds/{fold}/model.pt"
+
+
+def fold_models(wildcards):
+    """The K fold models of an experiment: the test cases are predicted by their ensemble."""
+    return [model_file(wildcards.experiment, fold) for fold in range(FOLDS)]
 
 
 def good_cases():
@@ -135,7 +187,7 @@ def ingest_inputs(wildcards):
 
 def ingest_args(wildcards, input):
     """`lungseg ingest` options of one case (labels, annotations, series selector, config's ingest
-    section) as a list of arguments, each shell-quoted by the rule (`{params.options:q}`)."""
+    section) as a list of arguments, each shell-quoted where the ingest job pastes them (`{params.options:q}`)."""
     args = []
     for key, path in input.items():
         if key.startswith("label_"):
@@ -153,11 +205,53 @@ def ingest_args(wildcards, input):
     return args
 
 
-def predictions_to_evaluate(wildcards):
-    preds = {"unet": f"{RESULTS}/predictions/{wildcards.case}.nii.gz"}
-    if LABEL == "lung":  # the classical lung mask (of the configured method) is a baseline for the lung target
-        preds[f"lungmask_{config['lung_mask']['method']}"] = f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"
-    return preds
+def baseline_predictions(wildcards):
+    """Baselines evaluated on every test case besides the trivial all-background: for the lung target the
+    classical lung mask of the configured method (``lungmask_default`` or ``lungmask_seed001``)."""
+    if LABEL == "lung":
+        return {f"lungmask_{config['lung_mask']['method']}": f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"}
+    return {}
+
+
+def checkpoint_dir(wildcards):
+    """The resumable checkpoints of one experiment's fold, keyed by its training settings (not threads)."""
+    key = checkpoint_key(EXPERIMENTS[wildcards.experiment])
+    return f"{model_file(wildcards.experiment, wildcards.fold).rsplit('/', 1)[0]}/checkpoints/{key}"
+
+
+def roi_mask_option(wildcards, input):
+    """`lungseg predict --roi-mask`: used only if the experiment's model was trained on a region of interest of the lungs."""
+    return ["--roi-mask", input.lung] if EXPERIMENTS[wildcards.experiment].get("roi_label", "lung") == "lung" else []
+
+
+def evaluated_cases(wildcards):
+    """The per-case metrics of one experiment on the test cases."""
+    return expand(f"{RESULTS}/experiments/{wildcards.experiment}/metrics/cases/{{case}}.json", case=cases_in("test"))
+
+
+def gpus_per_train_job(settings):
+    """GPUs a training job is given: nproc_per_node per node under the SLURM executor (profiles/slurm,
+    profiles/hybrid: the GPU partition), none on a local run (torchrun on CPU processes)."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    on_slurm = plugin is not None and "slurm" in str(getattr(plugin, "name", ""))
+    return settings["nproc_per_node"] * config["cluster"]["train"]["nodes"] if on_slurm else 0
+
+
+def comparison_plan(wildcards):
+    """The `lungseg compare` plan: reference, and per experiment its folds, GPUs per training job,
+    training benchmark files and (k folds) out-of-fold metrics."""
+    return json.dumps({
+        "reference": REFERENCE,
+        "experiments": {
+            name: {
+                "folds": FOLDS,
+                "gpus_per_job": gpus_per_train_job(settings),
+                "train_benchmarks": [f"{RESULTS}/benchmarks/train/{name}/{fold}.tsv" for fold in range(FOLDS)],
+                "oof_metrics": f"{RESULTS}/experiments/{name}/out_of_fold/metrics/metrics.csv" if FOLDS > 1 else None,
+            }
+            for name, settings in EXPERIMENTS.items()
+        },
+    }, sort_keys=True)
 
 
 def flatten(items):
@@ -175,18 +269,27 @@ def all_outputs(wildcards):
         # every model and its per-epoch log is a target of its own: a model that a killed retrain left
         # missing is trained again (resuming its checkpoint), even when the predictions of the old
         # model still exist (Snakemake skips a missing intermediate file whose consumers look done)
-        f"{RESULTS}/model/{LABEL}/model.pt",
-        f"{RESULTS}/model/{LABEL}/metrics.csv",
-        expand(f"{RESULTS}/predictions/{{case}}.nii.gz", case=test),
+        expand(f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/{{name}}", experiment=EXPERIMENTS,
+               fold=range(FOLDS), name=["model.pt", "metrics.csv"]),
+        expand(f"{RESULTS}/plots/training/{{experiment}}/{{fold}}.png", experiment=EXPERIMENTS, fold=range(FOLDS)),
+        expand(f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz", experiment=EXPERIMENTS, case=test),
+        expand(f"{RESULTS}/experiments/{{experiment}}/metrics/{{name}}", experiment=EXPERIMENTS,
+               name=["metrics.csv", "summary.json"]),
+        # k-fold cross-validation: out-of-fold metrics of every case outside the test set
+        expand(f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/metrics.csv", experiment=EXPERIMENTS)
+        if FOLDS > 1 else [],
         f"{RESULTS}/metrics/metrics.csv",
         f"{RESULTS}/metrics/summary.json",
-        f"{RESULTS}/plots/training_curves.png",
+        f"{RESULTS}/comparison/comparison.csv",
+        f"{RESULTS}/comparison/comparison.json",
         f"{RESULTS}/scaling/scaling.csv",  # scaling study (workflow/rules/scaling.smk)
         f"{RESULTS}/scaling/scaling.png",
         expand(f"{RESULTS}/plots/overlays/{{case}}.png", case=test),
         # report pages and figures (workflow/rules/report.smk)
         f"{RESULTS}/report/cohort.html",
         f"{RESULTS}/report/metrics.html",
+        f"{RESULTS}/report/comparison.html",
+        f"{RESULTS}/report/paired_dice.png",
         f"{RESULTS}/report/metrics_distribution.png",
         f"{RESULTS}/report/worst_cases.png",
         f"{RESULTS}/report/best_cases.png",

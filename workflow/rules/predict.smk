@@ -1,29 +1,44 @@
-# CPU inference on the test split; masks written in each scan's own geometry.
+# CPU inference in each scan's own geometry: the test cases by the ensemble of an experiment's fold
+# models (one model without cross-validation), and with k folds the out-of-fold prediction of every
+# other case by the model of the fold that validated on it.
 
 
 rule predict:
     input:
-        model=f"{RESULTS}/model/{LABEL}/model.pt",
+        models=fold_models,
         case=f"{RESULTS}/ingest/{{case}}.h5",
         # the classical lung mask: post-processing, and the region of a model trained on lung crops
         lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
     output:
-        f"{RESULTS}/predictions/{{case}}.nii.gz",
+        f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz",
     params:
+        models=lambda wildcards, input: [arg for model in input.models for arg in ("--model", model)],
         batch_size=config["predict"]["batch_size"],
         flips=config["predict"]["flips"],
-        # --roi-mask is used only if the model was trained on a region of interest (of the lungs)
-        roi=lambda wildcards, input: ["--roi-mask", input.lung] if config["train"].get("roi_label", "lung") == "lung" else [],
+        roi=roi_mask_option,
         lung=lambda wildcards, input: ["--lung-mask", input.lung] if config["predict"]["restrict_to_lung"] else [],
         components=config["predict"]["largest_components"],
     threads: config["predict"]["threads"]
     log:
-        "logs/predict/{case}.log",
+        "logs/predict/{experiment}/{case}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/predict/{{case}}.tsv"
+        f"{RESULTS}/benchmarks/predict/{{experiment}}/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "lungseg predict {input.case:q} --model {input.model:q} -o {output:q}"
+        "lungseg predict {input.case:q} {params.models:q} -o {output:q}"
         " --batch-size {params.batch_size} --threads {threads} --flips {params.flips:q} {params.roi:q} {params.lung:q}"
         " --largest-components {params.components} > {log:q} 2>&1"
+
+
+use rule predict as predict_out_of_fold with:
+    input:
+        models=lambda wildcards: [model_file(wildcards.experiment, fold_of_case(wildcards.case))],
+        case=f"{RESULTS}/ingest/{{case}}.h5",
+        lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
+    output:
+        f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.nii.gz",
+    log:
+        "logs/predict_out_of_fold/{experiment}/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict_out_of_fold/{{experiment}}/{{case}}.tsv"

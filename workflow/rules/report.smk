@@ -8,17 +8,19 @@ WORKFLOW_PAGES = {
 
 rule plot_training:
     input:
-        f"{RESULTS}/model/{LABEL}/metrics.csv",
+        f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/metrics.csv",
     output:
         report(
-            f"{RESULTS}/plots/training_curves.png",
+            f"{RESULTS}/plots/training/{{experiment}}/{{fold}}.png",
             caption="../report/training_curves.rst",
             category="Training",
+            subcategory="Training curves",
+            labels={"experiment": "{experiment}", "fold": "{fold}"},
         ),
     log:
-        "logs/plot_training/plot_training.log",
+        "logs/plot_training/{experiment}/{fold}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/plot_training/plot_training.tsv"
+        f"{RESULTS}/benchmarks/plot_training/{{experiment}}/{{fold}}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -28,7 +30,7 @@ rule plot_training:
 rule plot_overlay:
     input:
         case=f"{RESULTS}/ingest/{{case}}.h5",
-        pred=f"{RESULTS}/predictions/{{case}}.nii.gz",
+        pred=f"{RESULTS}/experiments/{REFERENCE}/predictions/{{case}}.nii.gz",
     output:
         report(
             f"{RESULTS}/plots/overlays/{{case}}.png",
@@ -93,6 +95,50 @@ rule metrics_table:
         "lungseg report metrics --summary {input.summary:q} --csv {input.csv:q} -o {output:q} > {log:q} 2>&1"
 
 
+rule comparison_page:
+    input:
+        f"{RESULTS}/comparison/comparison.json",
+    output:
+        report(
+            f"{RESULTS}/report/comparison.html",
+            caption="../report/comparison.rst",
+            category="Evaluation",
+            subcategory="Comparison",
+            labels={"table": "experiments compared with the reference"},
+        ),
+    log:
+        "logs/comparison_page/comparison_page.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/comparison_page/comparison_page.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report comparison --json {input:q} -o {output:q} > {log:q} 2>&1"
+
+
+rule paired_dice:
+    input:
+        f"{RESULTS}/metrics/metrics.csv",
+    output:
+        report(
+            f"{RESULTS}/report/paired_dice.png",
+            caption="../report/paired_dice.rst",
+            category="Evaluation",
+            subcategory="Comparison",
+            labels={"figure": "per-case Dice of every experiment"},
+        ),
+    params:
+        reference=REFERENCE,
+    log:
+        "logs/paired_dice/paired_dice.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/paired_dice/paired_dice.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "lungseg report paired-dice --csv {input:q} --reference {params.reference:q} -o {output:q} > {log:q} 2>&1"
+
+
 rule metrics_distribution:
     input:
         f"{RESULTS}/metrics/metrics.csv",
@@ -118,7 +164,7 @@ rule extreme_cases:
     input:
         csv=f"{RESULTS}/metrics/metrics.csv",
         cases=lambda wildcards: [case_file(c) for c in cases_in("test")],
-        preds=lambda wildcards: [f"{RESULTS}/predictions/{c}.nii.gz" for c in cases_in("test")],
+        preds=lambda wildcards: [f"{RESULTS}/experiments/{REFERENCE}/predictions/{c}.nii.gz" for c in cases_in("test")],
     output:
         worst=report(
             f"{RESULTS}/report/worst_cases.png",
@@ -137,6 +183,7 @@ rule extreme_cases:
     params:
         label=LABEL,
         pairs=lambda wildcards, input: [arg for c, p in zip(input.cases, input.preds) for arg in ("--pair", f"{c}={p}")],
+        method=REFERENCE,
         n_cases=config["report"]["extreme_cases"],
         n_slices=config["report"]["overlay_slices"],
     log:
@@ -146,7 +193,7 @@ rule extreme_cases:
     conda:
         "../../envs/report.yaml"
     shell:
-        "lungseg report extremes --csv {input.csv:q} {params.pairs:q} --label {params.label:q} --method unet --metric dice"
+        "lungseg report extremes --csv {input.csv:q} {params.pairs:q} --label {params.label:q} --method {params.method:q} --metric dice"
         " --cases {params.n_cases} --slices {params.n_slices} --worst {output.worst:q} --best {output.best:q} > {log:q} 2>&1"
 
 

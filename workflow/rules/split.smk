@@ -1,4 +1,4 @@
-# Patient-level train/val/test split over the cases that passed ingest. A checkpoint: the rules
+# Patient-level train/val/test split (and k folds) over the cases that passed ingest. A checkpoint: the rules
 # after it (train, predict, evaluate) take their case lists from its output.
 
 
@@ -22,10 +22,13 @@ checkpoint split:
     params:
         fractions=" ".join(str(f) for f in config["split"]["fractions"]),
         seed=config["split"]["seed"],
+        folds=FOLDS,
+        # folds (and the val/test cut) balanced for cases with and without the target (e.g. nodules)
+        stratify=["--stratify-label", LABEL] if config["split"]["stratify"] else [],
     log:
         "logs/split/split.log",
     conda:
         "../../envs/preprocess.yaml"
     shell:
         "lungseg split --cases {input.cases:q} --status {input.status:q} --fractions {params.fractions} --seed {params.seed}"
-        " -o {output:q} > {log:q} 2>&1"
+        " --folds {params.folds} {params.stratify:q} -o {output:q} > {log:q} 2>&1"

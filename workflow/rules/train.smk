@@ -1,41 +1,53 @@
-# Model training, launched with torchrun (gloo on CPU, NCCL on GPUs). Resumes from its checkpoint;
-# `lungseg train-guard` turns SIGTERM/SIGUSR1 (time limit, preemption) into a checkpoint + exit 75.
+# Model training: one job per experiment and fold, launched with torchrun (gloo on CPU, NCCL on GPUs).
+# Each job gets its experiment's resolved settings as one file (`lungseg train --config`); it resumes
+# from its checkpoint, and `lungseg train-guard` turns SIGTERM/SIGUSR1 (time limit, preemption) into a
+# checkpoint + exit 75.
 from lungseg.cluster.launch import torchrun_prefix
-from lungseg.training.rule_args import checkpoint_key, train_options
+from lungseg.training.rule_args import write_train_settings
+
+
+rule train_settings:
+    localrule: True
+    output:
+        f"{RESULTS}/experiments/{{experiment}}/train_settings.json",
+    params:
+        # a params change of one experiment rewrites its file only: its jobs rerun, the others' do not
+        settings=lambda wildcards: EXPERIMENTS[wildcards.experiment],
+    log:
+        "logs/train_settings/{experiment}.log",
+    run:
+        write_train_settings(params.settings, output[0])
 
 
 rule train:
     input:
         split=f"{RESULTS}/split.tsv",
-        train=lambda wildcards: [case_file(c) for c in cases_in("train")],
-        val=lambda wildcards: [case_file(c) for c in cases_in("val")],
+        settings=f"{RESULTS}/experiments/{{experiment}}/train_settings.json",
+        train=lambda wildcards: [case_file(c) for c in fold_split(wildcards.fold)[0]],
+        val=lambda wildcards: [case_file(c) for c in fold_split(wildcards.fold)[1]],
     output:
-        model=f"{RESULTS}/model/{LABEL}/model.pt",
+        model=f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/model.pt",
         metrics=report(
-            f"{RESULTS}/model/{LABEL}/metrics.csv",
+            f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/metrics.csv",
             caption="../report/training_metrics.rst",
             category="Training",
+            subcategory="Per-epoch metrics",
+            labels={"experiment": "{experiment}", "fold": "{fold}"},
         ),
     params:
-        cfg=config["train"],
-        checkpoint_dir=lambda wildcards: f"{RESULTS}/model/{LABEL}/checkpoints/{checkpoint_key(config['train'])}",
+        checkpoint_dir=checkpoint_dir,
         # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the
         # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes)
-        launch=lambda wildcards, resources: torchrun_prefix(resources.get("nodes", 1), config["train"]["nproc_per_node"]),
-        options=train_options(config["train"]),
-    threads: config["train"]["threads"]
+        launch=lambda wildcards, resources: torchrun_prefix(
+            resources.get("nodes", 1), EXPERIMENTS[wildcards.experiment]["nproc_per_node"]),
+    threads: lambda wildcards: EXPERIMENTS[wildcards.experiment]["threads"]
     log:
-        f"logs/train/{LABEL}.log",
+        "logs/train/{experiment}/{fold}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{LABEL}.tsv"
+        f"{RESULTS}/benchmarks/train/{{experiment}}/{{fold}}.tsv"
     conda:
         "../../envs/train.yaml"
     shell:
-        "lungseg train-guard -- {params.launch} -m lungseg train"
+        "lungseg train-guard -- {params.launch} -m lungseg train --config {input.settings:q}"
         " --train {input.train:q} --val {input.val:q} --out-dir {params.checkpoint_dir:q}"
-        " --model-out {output.model:q} --metrics-out {output.metrics:q}"
-        " --arch {params.cfg[arch]} --label {params.cfg[label]} --epochs {params.cfg[epochs]}"
-        " --batch-size {params.cfg[batch_size]} --lr {params.cfg[lr]} --base-channels {params.cfg[base_channels]}"
-        " --depth {params.cfg[depth]} --image-size {params.cfg[image_size]}"
-        " --hu-window {params.cfg[hu_window][0]} {params.cfg[hu_window][1]} --seed {params.cfg[seed]}"
-        " --num-workers {params.cfg[num_workers]} --threads {threads} {params.options} > {log:q} 2>&1"
+        " --model-out {output.model:q} --metrics-out {output.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -33,9 +33,10 @@ def _same_grid(a: Geometry, b: Geometry) -> bool:
 
 
 def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], detection: bool = False,
-                  fold: int | None = None) -> list[dict]:
-    """One row per method (plus the all-background baseline) with every metric (and nodule detection counts);
-    with ``fold`` (an out-of-fold evaluation of a cross-validation) every row also has ``"fold": fold``."""
+                  fold: int | None = None, baseline: bool = True) -> list[dict]:
+    """One row per method (plus the all-background baseline unless ``baseline`` is false) with every metric
+    (and nodule detection counts); with ``fold`` (an out-of-fold evaluation of a cross-validation) every
+    row also has ``"fold": fold``."""
     with open_case(case_path) as f:
         if label not in f["labels"]:
             raise IngestError(case_path, f"has no reference label '{label}' (it has {sorted(f['labels'])})",
@@ -43,7 +44,7 @@ def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], det
         reference = f["labels"][label][()]
         geometry = Geometry.from_attrs(f.attrs)
         case_id = str(f.attrs["case_id"])
-    masks = {BASELINE: np.zeros_like(reference)}
+    masks = {BASELINE: np.zeros_like(reference)} if baseline else {}
     for method, path in predictions.items():
         mask, pred_geometry = read_volume(str(path))
         if mask.shape != reference.shape or not _same_grid(pred_geometry, geometry):
@@ -59,8 +60,11 @@ def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], det
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", type=Path, required=True, help="ingested case HDF5 file holding the reference label")
     parser.add_argument("--label", default="lung", help="reference label name in the case file (default: lung)")
-    parser.add_argument("--pred", action="append", type=_method_arg, required=True, metavar="METHOD=PATH",
+    parser.add_argument("--pred", action="append", type=_method_arg, default=[], metavar="METHOD=PATH",
                         help="predicted mask volume of a method (repeatable)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help=f"leave out the {BASELINE} row (the workflow evaluates the baselines once per case, "
+                             "apart from the experiments)")
     parser.add_argument("--detection", action="store_true",
                         help="also count nodules found (connected components matched by overlap) and false positives")
     parser.add_argument("--fold", type=int, default=None, metavar="K",
@@ -73,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.fold is not None and args.fold < 0:
         raise SystemExit("lungseg evaluate: error: --fold must be >= 0")
-    rows = evaluate_case(args.case, args.label, dict(args.pred), detection=args.detection, fold=args.fold)
+    if not args.pred and not args.baseline:
+        raise SystemExit("lungseg evaluate: error: nothing to evaluate: give --pred METHOD=PATH or drop --no-baseline")
+    rows = evaluate_case(args.case, args.label, dict(args.pred), detection=args.detection, fold=args.fold,
+                         baseline=args.baseline)
     # JSON has no NaN: write null, read back as NaN by the aggregator
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     write_text_atomic(args.output, json.dumps(clean, indent=2) + "\n")

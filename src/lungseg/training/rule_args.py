@@ -3,15 +3,13 @@
 The contract: each experiment's resolved ``train:`` settings go to ``lungseg train`` as a settings
 file (:func:`write_train_settings`, passed as ``--config FILE``; options on the command line, e.g.
 ``--threads``, override it), and its checkpoints live in a folder named by :func:`checkpoint_key`.
-:func:`train_options` / :func:`scaling_train_args` spell the settings out as options instead (the
-older form of the rules).
+The scaling study gets :func:`scaling_train_settings` the same way (``lungseg train-scaling --train-config``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from collections.abc import Mapping
 from os import PathLike
 from typing import Any
@@ -20,23 +18,13 @@ from lungseg.atomic import write_text_atomic
 
 # (torch-free: the Snakefile imports this module; lungseg.training.config is imported where needed)
 
-#: config train.<key> -> `lungseg train` option (the keys the train rule's shell line does not spell out)
-TRAIN_OPTIONS = {
-    "norm": "--norm", "pretrained": "--pretrained", "freeze_encoder_epochs": "--freeze-encoder-epochs",
-    "roi": "--roi", "roi_label": "--roi-label", "roi_margin": "--roi-margin", "loss": "--loss",
-    "optimizer": "--optimizer", "lr_min": "--lr-min", "warmup_epochs": "--warmup-epochs", "momentum": "--momentum",
-    "weight_decay": "--weight-decay", "mixup": "--mixup", "oversample": "--oversample", "mode": "--mode",
-    "local_epochs": "--local-epochs", "fed_partition": "--fed-partition", "fed_fractions": "--fed-fractions",
-    "amp": "--amp", "channels_last": "--channels-last",
-}
-TRAIN_FLAGS = {"sync_bn": "--sync-bn", "deterministic": "--deterministic"}
 #: settings the scaling study chooses per run
 SCALING_OWN = ("mode", "local_epochs", "fed_partition", "fed_fractions")
 #: how a run is executed, not what it computes: left out of :func:`checkpoint_key` (changing them continues
 #: a run); TrainConfig fields, see :mod:`lungseg.training.config` for which settings continue and which start over
 EXECUTION_ONLY = ("threads", "num_workers", "device", "log_every")
-__all__ = ["EXECUTION_ONLY", "SCALING_OWN", "checkpoint_key", "scaling_train_args", "scaling_train_settings",
-           "train_options", "train_settings_json", "write_train_settings"]
+__all__ = ["EXECUTION_ONLY", "SCALING_OWN", "checkpoint_key", "scaling_train_settings", "train_settings_json",
+           "write_train_settings"]
 
 
 def checkpoint_key(cfg: Mapping[str, Any]) -> str:
@@ -71,30 +59,3 @@ def scaling_train_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     settings = {k: v for k, v in t.items() if k not in SCALING_OWN}
     settings["image_size"] = s.get("image_size") or t["image_size"]
     return settings
-
-
-def train_options(cfg: Mapping[str, Any], skip: tuple[str, ...] = ()) -> str:
-    """The optional settings of config ``train:`` as ``lungseg train`` options (shell-quoted)."""
-    args: list[str] = []
-    for key, option in TRAIN_OPTIONS.items():
-        value = cfg.get(key)
-        if key in skip or value is None or value == []:
-            continue
-        args += [option, *map(str, value)] if isinstance(value, list) else [option, str(value)]
-    args += [flag for key, flag in TRAIN_FLAGS.items() if cfg.get(key) and key not in skip]
-    if cfg.get("augment") is False:
-        args.append("--no-augment")
-    return shlex.join(args)
-
-
-def scaling_train_args(config: Mapping[str, Any]) -> str:
-    """``--train-args=...`` of ``lungseg train-scaling``: model and optimisation of ``train:``, the
-    study's image size, and no mode / federated settings (the study sets those per run)."""
-    t, s = config["train"], config["scaling"]
-    args = [
-        "--arch", t["arch"], "--label", t["label"], "--base-channels", t["base_channels"], "--depth", t["depth"],
-        "--image-size", s.get("image_size") or t["image_size"], "--hu-window", *t["hu_window"],
-        "--batch-size", t["batch_size"], "--lr", t["lr"], "--seed", t["seed"], "--num-workers", t["num_workers"],
-    ]
-    joined = " ".join([shlex.join(map(str, args)), train_options(t, skip=SCALING_OWN)]).strip()
-    return shlex.quote(f"--train-args={joined}")
