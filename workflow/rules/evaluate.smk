@@ -28,6 +28,8 @@ use rule evaluate as evaluate_out_of_fold with:
     input:
         pred=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.nii.gz",
         case=f"{RESULTS}/ingest/{{case}}.h5",
+        # the fold of the case (params) comes from the split checkpoint: a job run elsewhere (SLURM) needs it as input
+        split=f"{RESULTS}/split.tsv",
     output:
         f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/cases/{{case}}.json",
     params:

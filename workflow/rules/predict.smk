@@ -35,6 +35,7 @@ use rule predict as predict_out_of_fold with:
     input:
         models=lambda wildcards: [model_file(wildcards.experiment, fold_of_case(wildcards.case))],
         case=f"{RESULTS}/ingest/{{case}}.h5",
+        split=f"{RESULTS}/split.tsv",  # the case's fold (the model to use) comes from the split checkpoint
         lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
     output:
         f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.nii.gz",
