@@ -107,7 +107,9 @@ def test_defaults_are_filled_and_not_shared(config):
         c.pop("scaling")
         c["train"].pop("fed_fractions")
         check_config(c, SCHEMA)
-    assert first["scaling"] == {"epochs": 2, "nproc": 2, "threads_per_process": 1, "image_size": None}
+    assert first["scaling"] == {"enabled": False, "epochs": 2, "devices": [1, 2], "threads_per_process": 1,
+                                "image_size": None}
+    assert first["scaling"]["devices"] is not second["scaling"]["devices"]
     assert first["train"]["fed_fractions"] == [] and first["train"]["fed_fractions"] is not second["train"]["fed_fractions"]
 
 

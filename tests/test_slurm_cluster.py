@@ -97,7 +97,7 @@ def cluster_test_config(workdir: Path, nproc: int) -> Path:
     config["predict"]["threads"] = 1
     config["split"].update(folds=FOLDS, fractions=[0.6, 0.0, 0.4])
     if "scaling" in config:  # the scaling study (workflow/rules/scaling.smk): as small as allowed
-        config["scaling"].update(epochs=1, nproc=2)
+        config["scaling"].update(enabled=True, epochs=1, devices=sorted({1, nproc}))
     config["cluster"].update(account="", cpu_partition="cpu", gpu_partition="gpu", gpu_type="",
                              train={"nodes": 1, "cpus_per_gpu": 1, "mem_mb": 3000, "runtime": 20},
                              jobs={"mem_mb": 1500, "runtime": 20})
@@ -168,7 +168,7 @@ def test_train_ran_on_gpu_partition_with_gpus(dag_run) -> None:
 
 
 #: rules that train, and so go to the GPU partition
-GPU_RULES = {"train", "scaling"}
+GPU_RULES = {"train", "scaling_run"}
 
 
 def test_light_jobs_ran_on_cpu_partition(dag_run) -> None:
@@ -183,11 +183,17 @@ def test_light_jobs_ran_on_cpu_partition(dag_run) -> None:
 
 def test_scaling_study_ran_on_gpus(dag_run) -> None:
     _, _, jobs = dag_run
-    if "scaling" not in jobs:
-        pytest.skip("this workflow has no scaling rule")
-    (job_id,) = jobs["scaling"]
-    row = sacct([job_id])[job_id]
-    assert row["partition"] == "gpu" and "--gpus=" in row["submit"], row
+    if "scaling_run" not in jobs:
+        pytest.skip("this workflow has no scaling_run rule")
+    # one GPU job per run: single-1, and ddp-N / fedavg-N for N = 2 where a node has 2 GPUs
+    nproc = min(2, gpus_per_node())
+    assert len(jobs["scaling_run"]) == (3 if nproc > 1 else 1), jobs["scaling_run"]
+    rows = sacct(jobs["scaling_run"])
+    for job_id, row in rows.items():
+        assert row["partition"] == "gpu" and "--gpus=" in row["submit"], row
+    assert sorted(re.search(r"--gpus=(?:\w+:)?(\d+)", r["submit"]).group(1) for r in rows.values()) == (
+        ["1", "2", "2"] if nproc > 1 else ["1"])
+    assert "scaling" in jobs and "scaling" not in GPU_RULES  # the table and figure: a CPU job
 
 
 def test_sweep_returns_a_table_from_slurm_jobs(slurm, tmp_path: Path) -> None:

@@ -133,11 +133,15 @@ def test_slurm_profile_routes_training_to_gpus(tmp_path: Path, monkeypatch: pyte
     assert defaults == {"slurm_partition": "cpu", "slurm_account": "lung-proj", "mem_mb": 8000, "runtime": 120}
     assert per_rule["train"] == {"slurm_partition": "gpu-a100", "slurm_account": "lung-proj", "nodes": 1,
                                  "cpus_per_gpu": 6, "mem_mb": 120000, "runtime": 600, "gpu": 4, "gpu_model": "a100"}
-    # the scaling study trains on scaling.nproc GPUs of one node
-    assert per_rule["scaling"] == {"slurm_partition": "gpu-a100", "slurm_account": "lung-proj", "cpus_per_gpu": 6,
-                                   "mem_mb": 120000, "runtime": 600, "gpu": 2, "gpu_model": "a100"}
-    assert set(per_rule) == {"train", "scaling"}  # everything else: the defaults, i.e. the CPU partition
-    assert profile["set-threads"] == ["train=24", "scaling=12"]
+    # each run of the scaling study: the GPU partition; its GPU count N is the rule's own (one job per N)
+    assert per_rule["scaling_run"] == {"slurm_partition": "gpu-a100", "slurm_account": "lung-proj", "cpus_per_gpu": 6,
+                                       "mem_mb": 120000, "runtime": 600, "gpu_model": "a100"}
+    assert set(per_rule) == {"train", "scaling_run"}  # everything else: the defaults, i.e. the CPU partition
+    assert profile["set-threads"] == ["train=24"]
+    # the ddp-4 run: the profile's resources and the rule's gpu=4 (workflow/rules/scaling.smk)
+    line = sbatch_line({**per_rule["scaling_run"], "gpu": 4}, threads=4)
+    for part in ("-p gpu-a100", "--cpus-per-gpu=6", "--gpus=a100:4", "--mem 120000", "-t 600"):
+        assert part in line, (part, line)
 
 
 def test_empty_account_and_gpu_type_are_left_to_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +157,7 @@ def test_hybrid_profile_sends_inference_to_the_cloud_side(tmp_path: Path, monkey
     for rule in ("ingest", "lung_mask", "split", "demo_case"):
         assert per_rule[rule] == {"slurm_partition": "cpu", "slurm_account": "hpc"}, rule
     assert per_rule["train"]["slurm_partition"] == "gpu" and per_rule["train"]["gpu"] >= 1
-    assert per_rule["scaling"]["slurm_partition"] == "gpu"
+    assert per_rule["scaling_run"]["slurm_partition"] == "gpu" and "gpu" not in per_rule["scaling_run"]
     for rule in ("predict", "evaluate", "aggregate", "plot_overlay"):
         assert rule not in per_rule  # the defaults: the cloud partition
 

@@ -300,27 +300,25 @@ def test_checkpoint_key_continues_only_across_execution_settings() -> None:
         assert checkpoint_key({**cfg, **change}) != key, change
 
 
-def test_scaling_study_commands_table_and_plot(tmp_path: Path) -> None:
-    import csv
-
+def test_scaling_study_commands_and_runs(tmp_path: Path) -> None:
     from lungseg.training import scaling
 
-    assert scaling._command("single", 2, ["--epochs", "1"])[1:5] == ["-m", "lungseg", "train", "--epochs"]
+    assert scaling._command("single", 1, ["--epochs", "1"])[1:5] == ["-m", "lungseg", "train", "--epochs"]
     ddp, fed = scaling._command("ddp", 2, ["--x"]), scaling._command("fedavg", 2, ["--x"])
     assert "--nproc_per_node=2" in ddp and "--mode" not in ddp
     assert fed[-6:] == ["--mode", "fedavg", "--local-epochs", "1", "--fed-partition", "iid"]
-    with pytest.raises(ValueError, match="--nproc must be >= 2"):
-        scaling.run_study(["a.h5"], ["b.h5"], tmp_path, 1, 1, 1, ["single"], [])
+    # the runs of a study: the single process always (the speed-up's baseline), DDP and FedAvg for each N > 1
+    assert scaling.study_runs([1, 2]) == [("single", 1), ("ddp", 2), ("fedavg", 2)]
+    assert scaling.study_runs([4, 2]) == [("single", 1), ("ddp", 2), ("fedavg", 2), ("ddp", 4), ("fedavg", 4)]
+    assert scaling.study_runs([1]) == [("single", 1)]
+    with pytest.raises(ValueError, match="--mode ddp needs --devices >= 2"):
+        scaling.run_one("ddp", 1, ["a.h5"], ["b.h5"], tmp_path / "r", 1, 1)
+    with pytest.raises(ValueError, match="--mode single runs on one device"):
+        scaling.run_one("single", 2, ["a.h5"], ["b.h5"], tmp_path / "r", 1, 1)
     with pytest.raises(ValueError, match="--train / --val are empty"):
-        scaling.run_study([], ["b.h5"], tmp_path, 2, 1, 1, ["single"], [])
-    rows = [{"mode": m, "processes": p, "batch_per_process": 8, "global_batch": 8 * p if m == "ddp" else 8, "epochs": 2,
-             "wall_s": w, "train_s": w - 5, "images_per_s": 100 / (w - 5), "speedup": 0.0, "final_train_loss": 0.5,
-             "final_val_dice": 0.9, "best_val_dice": 0.9} for m, p, w in (("single", 1, 30.0), ("ddp", 2, 20.0), ("fedavg", 2, 21.0))]
-    curves = {r["mode"]: [{"epoch": 1.0, "train_loss": 1.0, "val_dice": 0.5}, {"epoch": 2.0, "train_loss": 0.5, "val_dice": 0.9}]
-              for r in rows}
-    scaling.write_table(tmp_path / "t.csv", rows)
-    scaling.plot_study(tmp_path / "p.png", rows, curves)
-    with open(tmp_path / "t.csv", newline="") as f:
-        table = list(csv.DictReader(f))
-    assert [r["mode"] for r in table] == ["single", "ddp", "fedavg"] and tuple(table[0]) == scaling.FIELDS
-    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+        scaling.run_one("single", 1, [], ["b.h5"], tmp_path / "r", 1, 1)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="refusing to delete"):
+        scaling.run_one("single", 1, ["a.h5"], ["b.h5"], tmp_path / "mine", 1, 1)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("lungseg.evaluation.compare", "compare experiments and baselines on the test cases: CIs, paired differences to a reference, CV Dice, cost"),
     "plot-training": ("lungseg.report.training_curves", "plot training curves from the per-epoch metrics CSV"),
     "plot-overlay": ("lungseg.report.overlay", "montage of axial slices: reference green, prediction red, agreement yellow"),
-    "report": ("lungseg.report.cli", "report sections: cohort, metrics tables, distribution, worst/best cases, workflow, experiment comparison"),
+    "report": ("lungseg.report.cli", "report sections: cohort, metrics tables, distribution, worst/best cases, workflow, experiment comparison, sweep table"),
 }
 
 

@@ -282,8 +282,8 @@ def all_outputs(wildcards):
         f"{RESULTS}/metrics/summary.json",
         f"{RESULTS}/comparison/comparison.csv",
         f"{RESULTS}/comparison/comparison.json",
-        f"{RESULTS}/scaling/scaling.csv",  # scaling study (workflow/rules/scaling.smk)
-        f"{RESULTS}/scaling/scaling.png",
+        # scaling study (workflow/rules/scaling.smk), if scaling.enabled
+        [f"{RESULTS}/scaling/scaling.csv", f"{RESULTS}/scaling/scaling.png"] if config["scaling"]["enabled"] else [],
         expand(f"{RESULTS}/plots/overlays/{{case}}.png", case=test),
         # report pages and figures (workflow/rules/report.smk)
         f"{RESULTS}/report/cohort.html",
@@ -293,5 +293,6 @@ def all_outputs(wildcards):
         f"{RESULTS}/report/metrics_distribution.png",
         f"{RESULTS}/report/worst_cases.png",
         f"{RESULTS}/report/best_cases.png",
+        f"{RESULTS}/report/sweep.html" if config["report"]["sweep"] else [],  # a `lungseg sweep` table, if configured
         expand(f"{RESULTS}/report/workflow/{{page}}.html", page=["config", "versions", "runtimes"]),
     ])

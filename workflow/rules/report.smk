@@ -232,3 +232,30 @@ rule workflow_pages:
     shell:
         "lungseg report workflow --config-json {params.config:q} --benchmarks {params.benchmarks:q}"
         " --config-out {output.config:q} --versions-out {output.versions:q} --runtimes-out {output.runtimes:q} > {log:q} 2>&1"
+
+
+# the table of a `lungseg sweep` (runs made outside the DAG), only when report.sweep names its --out-dir
+if config["report"]["sweep"]:
+
+    rule sweep_table:
+        input:
+            # the sweep's own table: a rerun sweep (newer sweep.csv) makes the page again
+            os.path.join(config["report"]["sweep"], "sweep.csv"),
+        output:
+            report(
+                f"{RESULTS}/report/sweep.html",
+                caption="../report/sweep.rst",
+                category="Training",
+                subcategory="Sweep",
+                labels={"table": "lungseg sweep runs"},
+            ),
+        params:
+            folder=lambda wildcards, input: os.path.dirname(input[0]),
+        log:
+            "logs/sweep_table/sweep_table.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/sweep_table/sweep_table.tsv"
+        conda:
+            "../../envs/report.yaml"
+        shell:
+            "lungseg report sweep --folder {params.folder:q} -o {output:q} > {log:q} 2>&1"

@@ -41,8 +41,8 @@ class JobSize:
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """SLURM names and sizes; ``gpus_per_node`` is ``train.nproc_per_node`` (one GPU per process),
-    ``scaling_gpus`` is ``scaling.nproc`` (the scaling study's DDP processes / FedAvg clients)."""
+    """SLURM names and sizes; ``gpus_per_node`` is ``train.nproc_per_node`` (one GPU per process). The
+    scaling study's runs take their GPU count from the rule itself (one job per N of ``scaling.devices``)."""
 
     account: str
     cpu_partition: str
@@ -53,18 +53,12 @@ class ClusterSettings:
     train: JobSize
     jobs: JobSize
     gpus_per_node: int
-    scaling_gpus: int = 2
     source: str = ""
 
     @property
     def train_threads(self) -> int:
         """CPU cores of the training job on each node."""
         return self.train.cpus_per_gpu * self.gpus_per_node
-
-    @property
-    def scaling_threads(self) -> int:
-        """CPU cores of the scaling-study job (one node, ``scaling.nproc`` GPUs)."""
-        return self.train.cpus_per_gpu * self.scaling_gpus
 
     @property
     def gpu_request(self) -> str:
@@ -136,13 +130,11 @@ def settings_from_config(config: dict[str, Any], source: str = "config") -> Clus
             raise ClusterConfigError(f"{source}: cluster.{part} must be a mapping with {', '.join(keys)}")
         sizes[part] = JobSize(**{k: _require(section, k, int, f"cluster.{part}", source) for k in keys})
     gpus = _require(config.get("train") or {}, "nproc_per_node", int, "train", source)
-    scaling = config.get("scaling") or {}
-    scaling_gpus = _require(scaling, "nproc", int, "scaling", source) if "nproc" in scaling else 2
     for key in ("cpu_partition", "gpu_partition", "cloud_partition"):
         if not names[key]:
             raise ClusterConfigError(f"{source}: cluster.{key} is empty; name a partition of your cluster (sinfo -s)")
     return ClusterSettings(**names, train=sizes["train"], jobs=sizes["jobs"], gpus_per_node=gpus,
-                           scaling_gpus=scaling_gpus, source=source)
+                           source=source)
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from lungseg.atomic import write_text_atomic
@@ -56,6 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="dice", help="per-case metric to plot (default: dice)")
     p.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
 
+    p = sections.add_parser("sweep", help="table of a `lungseg sweep` (HTML) from its sweep.csv; nothing is rerun")
+    p.add_argument("--folder", type=Path, required=True, metavar="DIR", help="the --out-dir of `lungseg sweep`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
+
     p = sections.add_parser("workflow", help="configuration, software versions and run times (HTML pages)")
     p.add_argument("--config-json", required=True, help="the run's configuration as a JSON string")
     p.add_argument("--benchmarks", type=Path, required=True, help="folder of Snakemake benchmark files (<rule>/*.tsv)")
@@ -90,6 +95,15 @@ def run(args: argparse.Namespace) -> int:
         from lungseg.report.comparison import plot_paired
 
         plot_paired(args.csv, args.reference, args.output, methods=args.methods, metric=args.metric)
+    elif args.section == "sweep":
+        from lungseg.report.sweep import SweepSummaryError, load as load_sweep
+
+        try:
+            page = load_sweep(args.folder)
+        except SweepSummaryError as exc:
+            print(f"lungseg report sweep: error: {exc}", file=sys.stderr)
+            return 1
+        write_text_atomic(args.output, page)
     elif args.section == "workflow":
         from lungseg.report.workflow_info import config_html, runtimes_html, versions_html
 
