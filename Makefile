@@ -30,8 +30,35 @@ test: install
 lint: install
 	snakemake --lint
 
+# the job graph as results/dag.svg (needs graphviz's `dot`); on a fresh clone too (makes results/)
 dag: install
-	snakemake --dag | dot -Tsvg > results/dag.svg
+	@command -v dot > /dev/null || { echo "make dag: graphviz's dot not found; install graphviz (apt-get install graphviz)" >&2; exit 1; }
+	mkdir -p results
+	snakemake --dag > results/dag.dot
+	dot -Tsvg results/dag.dot > results/dag.svg.tmp && mv results/dag.svg.tmp results/dag.svg
+	rm -f results/dag.dot
 
 clean-results:
 	rm -rf results logs .snakemake/incomplete
+
+# Opt-in: make the cluster profiles findable by name (`snakemake --profile slurm` / `--profile hybrid`),
+# as links from Snakemake's user profile directory to profiles/ of this checkout; another profile of
+# that name is left alone (lungseg's then goes in as lungseg-slurm). `make install PROFILES=1` does it too.
+# PROFILE_ARGS: further options of `lungseg profiles install` (e.g. --name-prefix lungseg-, --force).
+.PHONY: install-profiles
+install-profiles: $(VENV)/.installed
+	$(BIN)/lungseg profiles install $(PROFILE_ARGS)
+ifeq ($(PROFILES),1)
+install: install-profiles
+endif
+
+# Documentation site (docs/, mkdocs.yml): `make docs` builds it into site/ with strict checking (a link
+# to a missing page or anchor fails); `make docs-reference` regenerates the pages made from the code
+# (docs/reference/cli.md, docs/reference/configuration.md, docs/benchmarks.md; tests/test_docs.py
+# checks that the committed ones are current).
+.PHONY: docs docs-reference
+docs: install
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+docs-reference: install
+	$(BIN)/python -m lungseg.docs_reference

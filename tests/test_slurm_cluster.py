@@ -96,8 +96,8 @@ def cluster_test_config(workdir: Path, nproc: int) -> Path:
                            nproc_per_node=nproc, threads=nproc)
     config["predict"]["threads"] = 1
     config["split"].update(folds=FOLDS, fractions=[0.6, 0.0, 0.4])
-    if "scaling" in config:  # the scaling study (workflow/rules/scaling.smk): as small as allowed
-        config["scaling"].update(enabled=True, epochs=1, devices=sorted({1, nproc}))
+    # the scaling study (workflow/rules/scaling.smk): as small as allowed
+    config["scaling"].update(enabled=True, epochs=1, devices=sorted({1, nproc}))
     config["cluster"].update(account="", cpu_partition="cpu", gpu_partition="gpu", gpu_type="",
                              train={"nodes": 1, "cpus_per_gpu": 1, "mem_mb": 3000, "runtime": 20},
                              jobs={"mem_mb": 1500, "runtime": 20})
@@ -183,8 +183,8 @@ def test_light_jobs_ran_on_cpu_partition(dag_run) -> None:
 
 def test_scaling_study_ran_on_gpus(dag_run) -> None:
     _, _, jobs = dag_run
-    if "scaling_run" not in jobs:
-        pytest.skip("this workflow has no scaling_run rule")
+    # the cluster test config enables the scaling study: its runs missing from the DAG is a failure, not a skip
+    assert "scaling_run" in jobs, f"no scaling_run job was submitted through sbatch: {sorted(jobs)}"
     # one GPU job per run: single-1, and ddp-N / fedavg-N for N = 2 where a node has 2 GPUs
     nproc = min(2, gpus_per_node())
     assert len(jobs["scaling_run"]) == (3 if nproc > 1 else 1), jobs["scaling_run"]
@@ -251,3 +251,62 @@ def test_srun_torchrun_rendezvous_in_a_slurm_job(slurm, tmp_path: Path) -> None:
     expected = sum(range(1, nproc + 1))
     for rank in range(nproc):
         assert (tmp_path / f"rank{rank}.txt").read_text() == f"{nproc} {expected} lungseg-{job_id}"
+
+
+# ---------------------------------------------------------------- hybrid HPC + cloud: --profile hybrid
+
+#: the HPC side besides training (profiles/hybrid: everything that reads the DICOM data)
+HPC_CPU_RULES = {"demo_case", "demo_case_sheet", "ingest", "lung_mask", "split"}
+
+
+@pytest.fixture(scope="module")
+def hybrid_run(slurm, tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """The tiny demo DAG (one experiment, no scaling study) through `snakemake --profile hybrid`, the profile
+    found by name after `lungseg profiles install` into a temporary Snakemake profile directory."""
+    workdir = tmp_path_factory.mktemp("slurm_hybrid")
+    config_path = cluster_test_config(workdir, nproc=min(2, gpus_per_node()))
+    config = yaml.safe_load(config_path.read_text())
+    config["scaling"]["enabled"] = False
+    config.pop("experiments")  # one experiment, from train:
+    config["cluster"].update(cloud_partition="cloud", cloud_account="")
+    config_path.write_text(yaml.safe_dump(config))
+    xdg = tmp_path_factory.mktemp("xdg_config")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               XDG_CONFIG_HOME=str(xdg))
+    env.pop("LUNGSEG_CONFIG", None)  # the profile reads ./config/config.yaml, as on a cluster
+    installed = subprocess.run([sys.executable, "-m", "lungseg", "profiles", "install", "hybrid"], env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert installed.returncode == 0 and (xdg / "snakemake/hybrid").is_symlink(), installed.stdout + installed.stderr
+    cmd = ["timeout", "-s", "KILL", "900", sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--profile", "hybrid", "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=960)
+    jobs: dict[str, list[str]] = {}
+    for job_id, rule in SUBMITTED.findall(proc.stdout + proc.stderr):
+        jobs.setdefault(rule, []).append(job_id)
+    if proc.returncode != 0:
+        cancel([j for ids in jobs.values() for j in ids])
+        raise AssertionError(f"snakemake --profile hybrid failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    assert "Using profiles hybrid and workflow specific profile" in proc.stderr
+    return workdir, jobs
+
+
+def test_hybrid_profile_splits_the_demo_between_hpc_and_cloud(hybrid_run) -> None:
+    workdir, jobs = hybrid_run
+    assert "cloud" in set(_run("sinfo", "-h", "-o", "%R").stdout.split()), "the local SLURM has no cloud partition"
+    for rule in ("demo_case", "ingest", "lung_mask", "train", "predict", "evaluate", "aggregate"):
+        assert rule in jobs, f"rule {rule} was not submitted through sbatch: {sorted(jobs)}"
+    figures = {"plot_overlay", "plot_training", "metrics_distribution", "extreme_cases"} & set(jobs)
+    assert figures, f"no report figure was submitted through sbatch: {sorted(jobs)}"
+    assert len(jobs["train"]) == FOLDS  # one experiment, FOLDS folds
+    assert "scaling_run" not in jobs
+    rows = sacct([j for ids in jobs.values() for j in ids])
+    assert {row["state"] for row in rows.values()} == {"COMPLETED"}, rows
+    where = {rule: {rows[j]["partition"] for j in ids} for rule, ids in jobs.items()}
+    for rule, partitions in where.items():
+        expected = "cpu" if rule in HPC_CPU_RULES else "gpu" if rule in GPU_RULES else "cloud"
+        assert partitions == {expected}, (rule, partitions, where)
+    for job_id in jobs["train"]:
+        assert "--gpus=" in rows[job_id]["submit"], rows[job_id]
+    assert not any("--gpus" in rows[j]["submit"] for rule, ids in jobs.items() if rule not in GPU_RULES for j in ids)
+    assert (workdir / "results/metrics/summary.json").is_file()

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-scaling": ("lungseg.training.scaling", "scaling study: single process vs DDP vs FedAvg on the same data and epochs"),
     "launch": ("lungseg.cluster.launch", "start torchrun on one node, or srun torchrun across the nodes of a SLURM job"),
     "sweep": ("lungseg.cluster.sweep_cli", "grid of training runs through submitit (SLURM or local), one metrics table"),
+    "profiles": ("lungseg.cluster.profiles_install", "make the slurm and hybrid profiles findable by name: snakemake --profile slurm"),
     "predict": ("lungseg.inference.cli", "mask one study (.h5 case, DICOM folder or CT volume) with a trained model, in the scan's geometry"),
     "evaluate": ("lungseg.evaluation.cli", "per-case overlap metrics of a predicted mask against the reference"),
     "aggregate": ("lungseg.evaluation.aggregate", "collect per-case metrics into a CSV table and a JSON summary"),
@@ -50,9 +51,8 @@ def build_parser(with_subcommands: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in COMMANDS:  # exits: the help, --version, or an error naming the bad command
         build_parser().parse_args(argv or ["--help"])
-        return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
