@@ -2,7 +2,7 @@
 
 1. Quality (``--cases`` demo cases of 48 x 256 x 256 and ``--cases-512`` of 48 x 512 x 512, generated
    in memory from ``--seed``), for both methods:
-   - Dice of the lung mask against the ground-truth lungs (binary, and per side for ``default``)
+   - Dice of the lung mask against the ground-truth lungs (binary, and per side for ``threshold_3d``)
    - nodule containment: fraction of ground-truth nodule voxels inside the mask, pooled over the
      cohort, per case, and for juxta-pleural nodules alone
 2. Speed on 512 x 512 slices: demo cases written as DICOM series (``--speed-cases`` x 48 slices) and
@@ -13,15 +13,17 @@
    shared machine do not inflate it), wall rates beside it:
    - ``pydicom_raw`` (baseline): ``dcmread`` + ``pixel_array`` + HU (slope, intercept) per file
    - ``hdf5_read``: the same slices read from an ingested case file (what the workflow rule reads)
-   - ``default`` and ``seed001``: the mask of the HU volume already in memory
-   - ``seed001_per_slice``: seed 001's recipe slice by slice with skimage / scipy (its former implementation)
-   Prints the ratio of each method to the raw read (the issue's bar: default >= 200 slices/s per
+   - ``threshold_3d`` and ``per_slice_otsu``: the mask of the HU volume already in memory
+   - ``per_slice_otsu_per_slice``: the per-slice Otsu recipe (Chi et al.) run slice by slice with
+     skimage / scipy (its former implementation)
+   Prints the ratio of each method to the raw read (the issue's bar: threshold_3d >= 200 slices/s per
    core and >= 0.5x the raw read).
-3. Overlays of the default mask on the real slices in ``../shared/data``:
+3. Overlays of the threshold_3d mask on the real slices in ``../shared/data``:
    ``benchmarks/results/lungmask_overlay_<series>.png``.
 
 Writes ``benchmarks/results/lungmask.json`` (``--skip-quality`` / ``--skip-speed`` keep that section of
-the previous run). Run: ``.venv/bin/python benchmarks/bench_lungmask.py``.
+the previous run; result files written before the rename use the method names ``default`` and ``seed001``).
+Run: ``.venv/bin/python benchmarks/bench_lungmask.py``.
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ from lungseg.casefile import CaseVolume, read_case, write_case  # noqa: E402
 from lungseg.demo.cohort import demo_case_ids, generate_demo_scan, write_demo_case  # noqa: E402
 from lungseg.ingest.scan import read_scan  # noqa: E402
 from lungseg.lungmask.cli import compute_mask  # noqa: E402
+from lungseg.lungmask.methods import METHODS as METHOD_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = REPO.parent / "shared" / "data"
-METHODS = ("default", "seed001")
+METHODS = tuple(METHOD_NAMES)  # threshold_3d, per_slice_otsu
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,7 +92,7 @@ def quality(case_ids: list[str], seed: int, size: int) -> dict:
             mask = compute_mask(phantom.hu, scan.geometry, method).mask
             row[method] = {"dice": round(_dice(mask > 0, truth), 4),
                            "nodule_containment": round(float((mask[nodule] > 0).mean()), 4) if nodule.any() else None}
-            if method == "default":
+            if method == "threshold_3d":
                 row[method]["dice_right"] = round(_dice(mask == 1, phantom.lung == 1), 4)
                 row[method]["dice_left"] = round(_dice(mask == 2, phantom.lung == 2), 4)
             inside[method] += int(np.count_nonzero(mask[nodule]))
@@ -106,7 +109,7 @@ def quality(case_ids: list[str], seed: int, size: int) -> dict:
                                                 if r[method]["nodule_containment"] is not None), default=None),
             "juxta_pleural_containment_pooled": round(inside_juxta[method] / n_juxta, 4) if n_juxta else None,
         }
-        if method == "default":
+        if method == "threshold_3d":
             for side in ("right", "left"):
                 values = [r[method][f"dice_{side}"] for r in per_case]
                 summary[method][f"dice_{side}_mean"] = round(float(np.mean(values)), 4)
@@ -122,8 +125,9 @@ def _pydicom_raw(files: list[Path]) -> None:
         _ = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
-def seed001_per_slice(volume: np.ndarray) -> np.ndarray:
-    """Seed 001's recipe run slice by slice with skimage / scipy (the pre-vectorised implementation)."""
+def per_slice_otsu_per_slice(volume: np.ndarray) -> np.ndarray:
+    """The per-slice Otsu recipe (Chi et al.) run slice by slice with skimage / scipy (the pre-vectorised
+    implementation)."""
     out = []
     for hu in volume:
         if hu.min() == hu.max():
@@ -162,9 +166,9 @@ def speed(series: list[tuple[str, Path]], work_dir: Path, repeats: int) -> dict:
         seconds = best_times({
             "pydicom_raw": lambda files=files: _pydicom_raw(files),
             "hdf5_read": lambda h5=h5: read_case(h5, labels=False),
-            "default": lambda hu=hu, g=geometry: compute_mask(hu, g, "default"),
-            "seed001": lambda hu=hu, g=geometry: compute_mask(hu, g, "seed001"),
-            "seed001_per_slice": lambda hu=hu: seed001_per_slice(hu),
+            "threshold_3d": lambda hu=hu, g=geometry: compute_mask(hu, g, "threshold_3d"),
+            "per_slice_otsu": lambda hu=hu, g=geometry: compute_mask(hu, g, "per_slice_otsu"),
+            "per_slice_otsu_per_slice": lambda hu=hu: per_slice_otsu_per_slice(hu),
         }, repeats)
         cpu, wall = seconds["cpu"], seconds["wall"]
         n = hu.shape[0]
@@ -182,11 +186,11 @@ def speed(series: list[tuple[str, Path]], work_dir: Path, repeats: int) -> dict:
         "repeats": repeats,
         "slices_per_cpu_s": {k: round(v, 1) for k, v in rate.items()},
         "slices_per_wall_s": {k: round(v, 1) for k, v in wall_rate.items()},
-        "ratio_default_vs_pydicom_raw": round(rate["default"] / rate["pydicom_raw"], 3),
-        "ratio_seed001_vs_pydicom_raw": round(rate["seed001"] / rate["pydicom_raw"], 3),
-        "ratio_default_vs_hdf5_read": round(rate["default"] / rate["hdf5_read"], 3),
-        "ratio_default_vs_seed001": round(rate["default"] / rate["seed001"], 2),
-        "ratio_seed001_vs_per_slice": round(rate["seed001"] / rate["seed001_per_slice"], 2),
+        "ratio_threshold_3d_vs_pydicom_raw": round(rate["threshold_3d"] / rate["pydicom_raw"], 3),
+        "ratio_per_slice_otsu_vs_pydicom_raw": round(rate["per_slice_otsu"] / rate["pydicom_raw"], 3),
+        "ratio_threshold_3d_vs_hdf5_read": round(rate["threshold_3d"] / rate["hdf5_read"], 3),
+        "ratio_threshold_3d_vs_per_slice_otsu": round(rate["threshold_3d"] / rate["per_slice_otsu"], 2),
+        "ratio_per_slice_otsu_vs_per_slice": round(rate["per_slice_otsu"] / rate["per_slice_otsu_per_slice"], 2),
         "per_series": rows,
     }
 
@@ -221,9 +225,10 @@ def main() -> int:
             out["speed"] = speed(speed_series(work / "cohort", args.speed_cases, 7), work, args.repeats)
         s = out["speed"]
         print(f"speed, {s['slices']} slices of 512 x 512, slices per CPU second (one core): {s['slices_per_cpu_s']}")
-        print(f"default / pydicom_raw = {s['ratio_default_vs_pydicom_raw']}, seed001 / pydicom_raw = "
-              f"{s['ratio_seed001_vs_pydicom_raw']}, default / seed001 = {s['ratio_default_vs_seed001']}, "
-              f"seed001 / its per-slice implementation = {s['ratio_seed001_vs_per_slice']}")
+        print(f"threshold_3d / pydicom_raw = {s['ratio_threshold_3d_vs_pydicom_raw']}, per_slice_otsu / pydicom_raw = "
+              f"{s['ratio_per_slice_otsu_vs_pydicom_raw']}, threshold_3d / per_slice_otsu = "
+              f"{s['ratio_threshold_3d_vs_per_slice_otsu']}, per_slice_otsu / its per-slice implementation = "
+              f"{s['ratio_per_slice_otsu_vs_per_slice']}")
     if SHARED.is_dir():
         out["overlays"] = [str(p.relative_to(REPO)) for p in write_overlays(SHARED, RESULTS)]
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from lungseg.casefile import CaseVolume, write_case
 from lungseg.cli import main
 from lungseg.evaluation.aggregate import rows_to_csv
 from lungseg.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_ci
-from lungseg.evaluation.compare import (CSV_COLUMNS, compare, cross_validation, load_plan, paired_difference,
-                                        read_metrics, training_cost, wilcoxon_p)
+from lungseg.evaluation.compare import (CSV_COLUMNS, compare, cross_validation, is_baseline, load_plan,
+                                        paired_difference, read_metrics, training_cost, wilcoxon_p)
 from lungseg.evaluation.metrics import METRICS
 from lungseg.geometry import Geometry, write_volume
 from lungseg.report.comparison import comparison_html, plot_paired
@@ -82,7 +82,7 @@ def _experiment_files(tmp_path):
     rows = []
     for i, v in enumerate(REF):
         rows += [_row(f"t{i}", "unet", v), _row(f"t{i}", "dense_unet", v + 0.1), _row(f"t{i}", "all_background", 0.0),
-                 _row(f"t{i}", "lungmask_R231", 0.9)]
+                 _row(f"t{i}", "classical_threshold_3d", 0.9)]
     rows.append(_row("t9", "dense_unet", 0.5))  # a case the reference lacks: left out of the pairs
     (tmp_path / "metrics.csv").write_text(rows_to_csv(rows))
     bench = tmp_path / "benchmarks"
@@ -127,7 +127,7 @@ def test_compare_cli_writes_the_csv_and_json(tmp_path, capsys):
     base = ["compare", str(tmp_path / "metrics.csv"), "--bootstrap-samples", "300", "--seed", "5"]
     assert main([*base, "--plan", json.dumps(plan), "--csv", str(out / "c.csv"), "--json", str(out / "c.json")]) == 0
     result = json.loads((out / "c.json").read_text())
-    assert list(result["methods"]) == ["unet", "dense_unet", "all_background", "lungmask_R231"]
+    assert list(result["methods"]) == ["unet", "dense_unet", "all_background", "classical_threshold_3d"]
     assert [e["kind"] for e in result["methods"].values()] == ["reference", "experiment", "baseline", "baseline"]
     assert result["metrics"] == list(METRICS) and result["reference"] == "unet"
     assert result["bootstrap"]["samples"] == 300 and result["bootstrap"]["seed"] == 5
@@ -221,10 +221,10 @@ def test_report_comparison_page_and_paired_figure(tmp_path):
                  "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json")]) == 0
     assert main(["report", "comparison", "--json", str(tmp_path / "c.json"), "-o", str(tmp_path / "c.html")]) == 0
     page = (tmp_path / "c.html").read_text()
-    for text in ("dense_unet", "unet", "lungmask_R231 (baseline)", "all_background (baseline)", "Δ Dice vs unet",
+    for text in ("dense_unet", "unet", "classical_threshold_3d (baseline)", "all_background (baseline)", "Δ Dice vs unet",
                  "+0.100 [+0.100, +0.100]", "zero_method=wilcox", "1:30:00", "Cross-validation: out-of-fold Dice per fold"):
         assert text in page, text
-    assert page.index("<td>unet</td>") < page.index("<td>dense_unet</td>") < page.index("lungmask_R231 (baseline)")
+    assert page.index("<td>unet</td>") < page.index("<td>dense_unet</td>") < page.index("classical_threshold_3d (baseline)")
     assert "0.825 [" in comparison_html(json.loads((tmp_path / "c.json").read_text()))  # pooled CV Dice with its CI
     assert main(["report", "paired-dice", "--csv", str(tmp_path / "metrics.csv"), "--reference", "unet",
                  "-o", str(tmp_path / "paired.png")]) == 0
@@ -232,6 +232,15 @@ def test_report_comparison_page_and_paired_figure(tmp_path):
     assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01
     assert plot_paired(tmp_path / "metrics.csv", "unet", tmp_path / "p2.png") == ["unet", "dense_unet"]  # no baselines
     assert plot_paired(tmp_path / "metrics.csv", "dense_unet", tmp_path / "p3.png",
-                       methods=["unet", "lungmask_R231"]) == ["dense_unet", "unet", "lungmask_R231"]
+                       methods=["unet", "classical_threshold_3d"]) == ["dense_unet", "unet", "classical_threshold_3d"]
     assert main(["report", "paired-dice", "--csv", str(tmp_path / "metrics.csv"), "--reference", "vgg",
                  "-o", str(tmp_path / "x.png")]) == 1
+
+
+def test_baselines_by_name():
+    """The classical lung mask (classical_<method>) and the empty prediction are baselines; so is the former
+    lungmask_<method> of metrics tables written before the rename; experiments are not."""
+    for name in ("all_background", "classical_threshold_3d", "classical_per_slice_otsu", "lungmask_default"):
+        assert is_baseline(name), name
+    for name in ("unet", "dense_unet", "classical", "arch-unet_lr-0.001"):
+        assert not is_baseline(name), name

@@ -96,7 +96,8 @@ def test_grid_names_match_the_sweep():
         ({"grid": {"roi": ["none", "no-ne"]}}, ["two grid points are both named roi-none"]),
         ({"a/b": {}}, ['experiment name "a/b" is not allowed', "letters, digits"]),
         ({"_a": {}}, ['experiment name "_a" is not allowed']),
-        ({"lungmask_default": {}}, ['"lungmask_default" is reserved for a baseline']),
+        ({"classical_threshold_3d": {}}, ['"classical_threshold_3d" is reserved for a baseline', "classical_*"]),
+        ({"lungmask_default": {}}, ['"lungmask_default" is reserved for a baseline']),  # the former baseline name
         ({"all_background": {}}, ['"all_background" is reserved for a baseline']),
         ({1: {}}, ["experiment name 1 is not a string", 'quote it']),
         ({"reference": "unte", "unet": {}, "dense": {"arch": "dense_unet"}},

@@ -15,7 +15,7 @@ from lungseg.inference.model import load_predictor
 from lungseg.inference.postprocess import keep_largest_components, restrict_to
 from lungseg.inference.predict import predict_logits, predict_probabilities, predict_volume
 from lungseg.ingest.errors import IngestError
-from lungseg.lungmask.default import lung_mask_default
+from lungseg.lungmask.default import lung_mask_threshold_3d
 from lungseg.training.checkpoint import CHECKPOINT_FORMAT, model_file_state, save_checkpoint
 from lungseg.training.dataset import roi_box
 from lungseg.training.models import UNet, build_model
@@ -133,7 +133,7 @@ def test_postprocessing_options_of_the_cli(tmp_path):
     assert read_volume(str(tmp_path / "all.nii.gz"))[0].all()
     assert main([*base, "--lung-mask", "auto", "-o", str(tmp_path / "lung.nii.gz")]) == 0
     lung = read_volume(str(tmp_path / "lung.nii.gz"))[0]
-    np.testing.assert_array_equal(lung > 0, lung_mask_default(hu, geometry).mask > 0)  # what `lungseg lung-mask` keeps
+    np.testing.assert_array_equal(lung > 0, lung_mask_threshold_3d(hu, geometry).mask > 0)  # what `lungseg lung-mask` keeps
     assert lung[lungs].mean() > 0.9 and lung.mean() < 0.5  # everything was predicted: the lungs remain, the rest goes
     upper_half = np.asarray([1, 1, 1, 0, 0, 0], np.uint8)[:, None, None]
     write_volume(str(tmp_path / "region.nii.gz"), lungs.astype(np.uint8) * upper_half, geometry)

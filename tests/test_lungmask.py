@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from lungseg.demo.cohort import generate_demo_scan
 from lungseg.geometry import Geometry
-from lungseg.lungmask.default import lung_mask_default
+from lungseg.lungmask.default import lung_mask_threshold_3d
 from lungseg.lungmask.qa import lung_mask_qa
 
 SEED = 2026  # the workflow's demo seed
@@ -26,7 +26,7 @@ def full_size_cases():
     for case_id in ("demo006", "demo008"):
         scan = generate_demo_scan(case_id, SEED, n_slices=48, size=256)
         assert any(n.juxta_pleural for n in scan.phantom.nodules)
-        out[case_id] = (scan, lung_mask_default(scan.phantom.hu, scan.geometry))
+        out[case_id] = (scan, lung_mask_threshold_3d(scan.phantom.hu, scan.geometry))
     return out
 
 
@@ -54,7 +54,7 @@ def test_juxta_pleural_nodule_in_a_curved_chest_wall():
     blobs, _ = ndimage.label(phantom.nodule > 0)
     juxta = blobs == blobs[tuple(round(c) for c in nodule.center_zyx)]
     assert nodule.diameter_mm > 20 and juxta.sum() > 300
-    mask = lung_mask_default(phantom.hu, scan.geometry).mask
+    mask = lung_mask_threshold_3d(phantom.hu, scan.geometry).mask
     assert np.count_nonzero(mask[juxta]) / np.count_nonzero(juxta) >= 0.97
     assert np.count_nonzero(mask[phantom.nodule > 0]) / np.count_nonzero(phantom.nodule) >= 0.98
     assert dice(mask > 0, phantom.lung > 0) >= 0.99  # the bulge adds nodule, not chest wall
@@ -70,11 +70,11 @@ def _flip_x(scan):
 def test_sides_follow_physical_space_not_array_order():
     scan = generate_demo_scan("demo002", SEED, n_slices=24, size=128)
     hu, truth = scan.phantom.hu, scan.phantom.lung
-    flipped = lung_mask_default(hu[:, :, ::-1].copy(), _flip_x(scan)).mask[:, :, ::-1]
+    flipped = lung_mask_threshold_3d(hu[:, :, ::-1].copy(), _flip_x(scan)).mask[:, :, ::-1]
     assert dice(flipped == 1, truth == 1) >= 0.97 and dice(flipped == 2, truth == 2) >= 0.97
     g = scan.geometry  # in-plane axes swapped: the array's x axis is the patient's y
     swapped_geometry = Geometry((g.spacing[1], g.spacing[0], g.spacing[2]), g.origin, (0, 1.0, 0, 1.0, 0, 0, 0, 0, 1.0))
-    swapped = lung_mask_default(hu.transpose(0, 2, 1).copy(), swapped_geometry).mask.transpose(0, 2, 1)
+    swapped = lung_mask_threshold_3d(hu.transpose(0, 2, 1).copy(), swapped_geometry).mask.transpose(0, 2, 1)
     assert dice(swapped == 1, truth == 1) >= 0.97 and dice(swapped == 2, truth == 2) >= 0.97
 
 
@@ -82,7 +82,7 @@ def test_anisotropic_spacing():
     scan = generate_demo_scan("demo004", SEED, n_slices=48, size=128)
     g = scan.geometry
     thick = Geometry((g.spacing[0], g.spacing[1], 2 * g.spacing[2]), g.origin, g.direction)  # every other slice
-    mask = lung_mask_default(scan.phantom.hu[::2].copy(), thick).mask
+    mask = lung_mask_threshold_3d(scan.phantom.hu[::2].copy(), thick).mask
     assert dice(mask > 0, scan.phantom.lung[::2] > 0) >= 0.97
 
 
@@ -95,7 +95,7 @@ def test_lungs_that_touch_are_split_into_right_and_left():
         right_end = np.flatnonzero((truth[z, band] == 1).any(axis=0)).max()
         left_start = np.flatnonzero((truth[z, band] == 2).any(axis=0)).min()
         hu[z, band, right_end : left_start + 1] = -860
-    result = lung_mask_default(hu, scan.geometry)
+    result = lung_mask_threshold_3d(hu, scan.geometry)
     assert any("touch" in note for note in result.notes)
     assert dice(result.mask == 1, truth == 1) >= 0.95 and dice(result.mask == 2, truth == 2) >= 0.95
 
@@ -110,7 +110,7 @@ def _geometry(spacing=(0.7, 0.7, 2.5)) -> Geometry:
     ("one voxel", np.zeros((1, 1, 1), dtype=np.int16), "empty mask"),
 ])
 def test_degenerate_volumes_give_empty_flagged_masks(name, volume, flag):
-    result = lung_mask_default(volume, _geometry())
+    result = lung_mask_threshold_3d(volume, _geometry())
     assert result.mask.shape == volume.shape and not result.mask.any(), name
     qa = lung_mask_qa(result.mask, _geometry(), result.notes)
     assert not qa["plausible"] and flag in qa["flags"], qa
@@ -120,7 +120,7 @@ def test_volume_without_lungs_gives_an_empty_flagged_mask():
     scan = generate_demo_scan("demo003", SEED, n_slices=48, size=256)
     hu = scan.phantom.hu.copy()
     hu[scan.phantom.lung > 0] = 45  # body, trachea and bronchi, table: no lungs (as abdomen-only slices)
-    result = lung_mask_default(hu, scan.geometry)
+    result = lung_mask_threshold_3d(hu, scan.geometry)
     assert not result.mask.any()
     qa = lung_mask_qa(result.mask, scan.geometry, result.notes)
     assert not qa["plausible"] and "empty mask: no lung-like air region" in qa["flags"]
@@ -129,7 +129,7 @@ def test_volume_without_lungs_gives_an_empty_flagged_mask():
 def test_single_slice_gives_a_partial_flagged_mask():
     scan = generate_demo_scan("demo005", SEED, n_slices=48, size=128)
     z = 28
-    result = lung_mask_default(scan.phantom.hu[z : z + 1].copy(), scan.geometry)
+    result = lung_mask_threshold_3d(scan.phantom.hu[z : z + 1].copy(), scan.geometry)
     assert dice(result.mask > 0, scan.phantom.lung[z : z + 1] > 0) >= 0.95
     qa = lung_mask_qa(result.mask, scan.geometry, result.notes)
     assert not qa["plausible"] and "single slice" in qa["flags"]
@@ -148,7 +148,7 @@ def test_qa_figures_and_flags():
     assert lung_mask_qa(mask, big)["plausible"]
     one_lung = np.where(mask == 2, 0, mask).astype(np.uint8)
     assert "only one lung (right)" in lung_mask_qa(one_lung, big)["flags"]
-    binary = (mask > 0).astype(np.uint8)  # seed 001 masks: sides by the image centre (x < centre is right)
+    binary = (mask > 0).astype(np.uint8)  # per_slice_otsu masks: sides by the image centre (x < centre is right)
     qa_binary = lung_mask_qa(binary, big)
     assert qa_binary["right_ml"] == pytest.approx(qa["right_ml"] * 80) and qa_binary["plausible"]
     edge = mask.copy()

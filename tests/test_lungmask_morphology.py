@@ -1,4 +1,5 @@
-"""Building blocks of the lung masks against scipy / skimage references, and seed 001 against its per-slice recipe."""
+"""Building blocks of the lung masks against scipy / skimage references, and per_slice_otsu against its recipe
+(Chi et al.) written out slice by slice."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from lungseg.lungmask.morphology import (
     sample_below,
     upsample,
 )
-from lungseg.lungmask.seed001 import CLOSING_RADIUS, EROSION_RADIUS, cross_sequence, lung_mask_seed001
+from lungseg.lungmask.seed001 import CLOSING_RADIUS, EROSION_RADIUS, cross_sequence, lung_mask_per_slice_otsu
 
 STEPS = [(0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1, 1), (0, 1, -1)]
 
@@ -97,7 +98,7 @@ def test_fill_holes_matches_scipy(blobs):
 
 
 @pytest.mark.parametrize("radius", [EROSION_RADIUS, CLOSING_RADIUS])
-def test_seed001_crosses_compose_the_exact_disk(radius):
+def test_per_slice_otsu_crosses_compose_the_exact_disk(radius):
     size = 2 * radius + 3
     point = np.zeros((1, size, size), dtype=bool)
     point[0, size // 2, size // 2] = True
@@ -107,8 +108,8 @@ def test_seed001_crosses_compose_the_exact_disk(radius):
     assert np.array_equal(grown[0, 1:-1, 1:-1], disk(radius).astype(bool))
 
 
-def _seed001_reference(volume: np.ndarray) -> np.ndarray:
-    """Seed 001's recipe written out slice by slice with skimage / scipy."""
+def _per_slice_reference(volume: np.ndarray) -> np.ndarray:
+    """The per-slice Otsu recipe of Chi et al. written out slice by slice with skimage / scipy."""
     out = []
     for hu in volume:
         if hu.min() == hu.max():
@@ -121,7 +122,7 @@ def _seed001_reference(volume: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # skimage's binary_* in the reference
-def test_seed001_equals_its_per_slice_recipe():
+def test_per_slice_otsu_equals_its_per_slice_recipe():
     volume = generate_demo_scan("demo003", 2026, n_slices=12, size=128).phantom.hu.copy()
     volume[0] = 40  # a constant slice
-    assert np.array_equal(lung_mask_seed001(volume), _seed001_reference(volume))
+    assert np.array_equal(lung_mask_per_slice_otsu(volume), _per_slice_reference(volume))

@@ -67,7 +67,7 @@ def test_outputs_exist(run_dir):
                  "report/paired_dice.png"):
         assert (results / name).is_file(), name
     summary = json.loads((results / "metrics/summary.json").read_text())
-    assert set(summary) == {*EXPERIMENTS, "lungmask_default", "all_background"}
+    assert set(summary) == {*EXPERIMENTS, "classical_threshold_3d", "all_background"}
     assert summary["all_background"]["metrics"]["dice"]["mean"] == 0.0
     comparison = json.loads((results / "comparison/comparison.json").read_text())
     assert comparison["reference"] == "unet" and comparison["methods"]["dense_unet"]["difference"]["dice"]["n_pairs"] == 1

@@ -82,7 +82,7 @@ def test_run_ensemble_out_of_fold_and_comparison(grid_run: Path) -> None:
                             for c in ensemble), ensemble
     comparison = json.loads((results / "comparison/comparison.json").read_text())
     assert comparison["reference"] == "unet"
-    assert set(comparison["methods"]) == {*EXPERIMENTS, "lungmask_default", "all_background"}
+    assert set(comparison["methods"]) == {*EXPERIMENTS, "classical_threshold_3d", "all_background"}
     for name in EXPERIMENTS:
         method = comparison["methods"][name]
         assert method["folds"] == 2 and method["training"]["jobs"] == 2

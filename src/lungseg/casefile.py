@@ -183,11 +183,6 @@ def open_case(path: str | Path) -> h5py.File:
     return f
 
 
-def read_geometry(path: str | Path) -> Geometry:
-    with open_case(path) as f:
-        return Geometry.from_attrs(f.attrs)
-
-
 def read_case(path: str | Path, labels: bool = True) -> CaseVolume:
     """Read a whole case file into memory."""
     with open_case(path) as f:

@@ -15,8 +15,8 @@ point named as ``lungseg sweep`` names its runs (:func:`grid_point_name`: ``arch
 
 Rules (:class:`ExperimentError`, one line naming the key): names are safe Snakemake wildcards and path
 parts (``^[A-Za-z0-9][A-Za-z0-9_.-]*$``), not ``reference`` / ``grid``, not a baseline method name of
-the metrics (``lungmask_*``, ``all_background``), and unique (also across grid points); overrides are
-``train:`` keys; ``reference`` names an experiment; ``label`` is the same for every experiment (all
+the metrics (``classical_*``, the former ``lungmask_*``, ``all_background``), and unique (also across
+grid points); overrides are ``train:`` keys; ``reference`` names an experiment; ``label`` is the same for every experiment (all
 are evaluated on the same target, ``train.label``). :func:`check_experiments` also checks each
 experiment's settings against the schema's ``train`` section and the train cross-key rules of
 :mod:`lungseg.workflow_config`, which calls it when the workflow starts.
@@ -32,12 +32,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lungseg.lungmask.methods import BASELINE_PREFIX, LEGACY_BASELINE_PREFIX
+
 #: an experiment name: a Snakemake wildcard value and a path part
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: keys of the experiments section that are not experiments
 RESERVED_KEYS = ("reference", "grid")
-#: method names the metrics give the baselines (lungmask_<method>, all_background)
-BASELINE_PREFIX = "lungmask_"
+#: method names the metrics give the baselines (classical_<lung-mask method>, all_background); the
+#: prefix before (lungmask_) stays reserved for one release, as older metrics tables use it
+BASELINE_PREFIXES = (BASELINE_PREFIX, LEGACY_BASELINE_PREFIX)
 BASELINE_NAMES = ("all_background",)
 
 
@@ -147,9 +150,10 @@ def _check_name(name: Any, from_grid: bool = False) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise ExperimentError(f"experiments: {what} is not allowed; allowed: letters, digits, '_', '.', '-' "
                               "starting with a letter or digit (it names a wildcard and a folder)")
-    if name.startswith(BASELINE_PREFIX) or name in BASELINE_NAMES:
+    if name.startswith(BASELINE_PREFIXES) or name in BASELINE_NAMES:
         raise ExperimentError(f"experiments: {what} is reserved for a baseline in the metrics "
-                              f"({BASELINE_PREFIX}*, {', '.join(BASELINE_NAMES)}); choose another name")
+                              f"({', '.join(p + '*' for p in BASELINE_PREFIXES)}, {', '.join(BASELINE_NAMES)}); "
+                              "choose another name")
 
 
 def _unknown_key(where: str, key: Any, train: Mapping[str, Any]) -> ExperimentError:

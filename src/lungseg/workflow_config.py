@@ -1,7 +1,8 @@
 """Check a workflow config (config/config.yaml) when the workflow starts, in one or two lines.
 
 :func:`check_config` validates the config against the JSON schema (workflow/schemas/
-config.schema.yaml), fills the schema's defaults in, then runs :data:`CROSS_KEY_CHECKS`: rules
+config.schema.yaml), fills the schema's defaults in, renames deprecated values to their new names
+(with a one-line warning), then runs :data:`CROSS_KEY_CHECKS`: rules
 between keys that the schema cannot express and that would otherwise fail late, in a job after
 ingest. Rules that also need the cohort (e.g. a k-fold ``split.folds`` against the number of
 patients) take the case table too, so they belong in a second list run once the case sheet is read.
@@ -21,6 +22,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
+from lungseg.lungmask.methods import DEPRECATED_METHODS, resolve_method
 from lungseg.split import split_counts
 
 #: labels every demo case has (lungseg.demo.cohort writes labels/lung.nii.gz and labels/nodule.nii.gz)
@@ -50,6 +52,7 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> No
     if error is not None:
         raise ConfigError(describe_error(error, schema))
     _DefaultFiller(schema).validate(config)
+    _rename_deprecated(config)
     for check in CROSS_KEY_CHECKS:
         problem = check(config)
         if problem:
@@ -214,6 +217,17 @@ def _condition(schema: Mapping[str, Any], schema_path: list[str | int]) -> str:
         node = node[part]
     props = node.get("if", {}).get("properties", {})
     return " and ".join(f"{key} is {_plain(rule['const'])}" for key, rule in props.items() if "const" in rule)
+
+
+# ---------------------------------------------------------------- deprecated names (schema already passed)
+
+
+def _rename_deprecated(config: dict[str, Any]) -> None:
+    """Old names the schema still accepts for one release -> their new names, with a one-line warning
+    on stderr each (``lung_mask.method``: :data:`lungseg.lungmask.methods.DEPRECATED_METHODS`)."""
+    lung_mask = config.get("lung_mask")
+    if isinstance(lung_mask, dict) and lung_mask.get("method") in DEPRECATED_METHODS:
+        lung_mask["method"] = resolve_method(lung_mask["method"], where="lung_mask.method")
 
 
 # ---------------------------------------------------------------- cross-key checks (schema already passed)

@@ -13,6 +13,7 @@ from lungseg.ingest.dicom_series import list_dicom_files
 from lungseg.ingest.errors import IngestError
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.experiments import reference_experiment, resolve_experiments
+from lungseg.lungmask.methods import baseline_name
 from lungseg.training.rule_args import checkpoint_key
 from lungseg.split import check_folds, fold_cases, read_split, read_split_table
 from lungseg.workflow_config import ConfigError, check_config
@@ -207,9 +208,9 @@ def ingest_args(wildcards, input):
 
 def baseline_predictions(wildcards):
     """Baselines evaluated on every test case besides the trivial all-background: for the lung target the
-    classical lung mask of the configured method (``lungmask_default`` or ``lungmask_seed001``)."""
+    classical lung mask of the configured method (``classical_threshold_3d`` or ``classical_per_slice_otsu``)."""
     if LABEL == "lung":
-        return {f"lungmask_{config['lung_mask']['method']}": f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"}
+        return {baseline_name(config["lung_mask"]["method"]): f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"}
     return {}
 
 

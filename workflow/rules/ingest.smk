@@ -63,6 +63,8 @@ rule quarantine_table:
         ),
     log:
         "logs/quarantine_table/quarantine_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/quarantine_table/quarantine_table.tsv"
     conda:
         "../../envs/preprocess.yaml"
     shell:

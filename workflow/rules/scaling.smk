@@ -19,6 +19,8 @@ rule scaling_settings:
         settings=scaling_train_settings(config),
     log:
         "logs/scaling_settings/scaling_settings.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scaling_settings/scaling_settings.tsv"
     run:
         write_train_settings(params.settings, output[0])
 
@@ -78,6 +80,8 @@ rule scaling:
         ),
     log:
         "logs/scaling/scaling.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scaling/scaling.tsv"
     conda:
         "../../envs/train.yaml"
     shell:

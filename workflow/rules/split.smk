@@ -9,6 +9,8 @@ if config["source"] == "demo":
             CASE_SHEET,
         log:
             "logs/demo_case_sheet/demo_case_sheet.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/demo_case_sheet/demo_case_sheet.tsv"
         run:
             write_case_sheet(output[0], CASES.values())
 
@@ -27,6 +29,8 @@ checkpoint split:
         stratify=["--stratify-label", LABEL] if config["split"]["stratify"] else [],
     log:
         "logs/split/split.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/split/split.tsv"
     conda:
         "../../envs/preprocess.yaml"
     shell:

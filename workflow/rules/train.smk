@@ -15,6 +15,8 @@ rule train_settings:
         settings=lambda wildcards: EXPERIMENTS[wildcards.experiment],
     log:
         "logs/train_settings/{experiment}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_settings/{{experiment}}.tsv"
     run:
         write_train_settings(params.settings, output[0])
 

@@ -1,7 +1,8 @@
 """``lungseg compare``: one honest comparison of the experiments (and the baselines) on the same test cases.
 
 Inputs: the per-case metrics CSV of the test split (``lungseg aggregate --csv``: one row per case and
-method; methods are the experiments plus baselines such as ``lungmask_<x>`` and ``all_background``) and
+method; methods are the experiments plus baselines such as ``classical_<lung-mask method>`` and
+``all_background``) and
 a plan (JSON, given inline or as a file)::
 
     {"reference": "unet",
@@ -43,6 +44,7 @@ from lungseg.atomic import write_text_atomic
 from lungseg.evaluation.aggregate import _metric_stats
 from lungseg.evaluation.bootstrap import DEFAULT_SAMPLES, paired_bootstrap_ci
 from lungseg.evaluation.metrics import METRICS
+from lungseg.experiments import BASELINE_NAMES, BASELINE_PREFIXES
 from lungseg.ingest.errors import IngestError
 
 #: scipy.stats.wilcoxon settings (zero differences dropped, the classic signed-rank test)
@@ -186,7 +188,7 @@ def cross_validation(path: Path, experiment: str, folds: int, samples: int = DEF
     """Out-of-fold Dice of ``experiment``: per fold (mean over its held-out cases) and pooled over all of them.
 
     Rows are those of method ``experiment``; a table without them but with exactly one method other than
-    the baselines (``all_background``, ``lungmask_*``) uses that one.
+    the baselines (``all_background``, ``classical_*``) uses that one.
     """
     rows = read_metrics(path)
     if rows and not all("fold" in r for r in rows):
@@ -229,8 +231,9 @@ def training_cost(paths: list[str], gpus_per_job: float) -> dict:
 
 
 def is_baseline(method: str) -> bool:
-    """A method that is not a trained experiment by its name (the all-background and classical lung masks)."""
-    return method == "all_background" or method.startswith("lungmask_")
+    """A method that is not a trained experiment by its name (the all-background and classical lung masks,
+    ``classical_*``, or ``lungmask_*`` in metrics tables written before that name)."""
+    return method in BASELINE_NAMES or method.startswith(BASELINE_PREFIXES)
 
 
 def compare(rows: list[dict], plan: dict, samples: int = DEFAULT_SAMPLES, seed: int = 0, source: str = "") -> dict:

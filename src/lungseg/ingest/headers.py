@@ -144,25 +144,12 @@ def slice_header(ds: pydicom.Dataset) -> SliceHeader:
     )
 
 
-def is_scout(ds: pydicom.Dataset) -> bool:
-    """True for localizer / scout / topogram images (by ImageType)."""
-    image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
-    return bool(image_type & SCOUT_IMAGE_TYPES)
-
-
 @lru_cache(maxsize=64)
 def orientation_normal(orientation: tuple[float, ...]) -> tuple[float, float, float] | None:
     """Unit slice normal of an ImageOrientationPatient, or ``None`` if degenerate."""
     normal = np.cross(orientation[:3], orientation[3:])
     norm = float(np.linalg.norm(normal))
     return None if norm < 1e-6 else tuple(float(v) for v in normal / norm)
-
-
-def slice_normal(ds: pydicom.Dataset) -> np.ndarray | None:
-    """Unit slice normal from ImageOrientationPatient, or ``None`` if absent/degenerate."""
-    orientation = _floats(ds.get("ImageOrientationPatient") or (), 6)
-    normal = orientation_normal(orientation) if orientation else None
-    return None if normal is None else np.asarray(normal)
 
 
 @lru_cache(maxsize=64)
@@ -201,8 +188,3 @@ def header_problem(h: SliceHeader) -> str | None:
     if plane != "axial":
         return f"is a {plane} image, not axial"
     return None
-
-
-def image_problem(ds: pydicom.Dataset) -> str | None:
-    """:func:`header_problem` of a dataset."""
-    return header_problem(slice_header(ds))

@@ -18,38 +18,43 @@ from lungseg.atomic import write_text_atomic
 from lungseg.casefile import QuarantinedCaseError
 from lungseg.geometry import Geometry, write_volume
 from lungseg.ingest.errors import IngestError
-from lungseg.lungmask.default import DefaultParams, LungMaskResult, lung_mask_default
+from lungseg.lungmask.default import LungMaskResult, Threshold3DParams, lung_mask_threshold_3d
 from lungseg.lungmask.io import read_input, write_mask_h5
+from lungseg.lungmask.methods import DEFAULT_METHOD, DEPRECATED_METHODS, METHODS, resolve_method
 from lungseg.lungmask.qa import lung_mask_qa
-from lungseg.lungmask.seed001 import lung_mask_seed001
+from lungseg.lungmask.seed001 import lung_mask_per_slice_otsu
 
 log = logging.getLogger("lungseg.lungmask")
-METHODS = ("default", "seed001")
-#: settings of the default method exposed on the command line (all in mm)
+#: settings of the threshold_3d method exposed on the command line (all in mm)
 MM_OPTIONS = ("working_mm", "closing_mm", "closing_z_mm", "airway_wall_mm")
 
 
-def compute_mask(hu: np.ndarray, geometry: Geometry, method: str, params: DefaultParams | None = None) -> LungMaskResult:
-    """The lung mask of ``method`` (``default``: 0/1 right/2 left; ``seed001``: 0/1)."""
-    if method == "default":
-        return lung_mask_default(hu, geometry, params or DefaultParams())
-    if method == "seed001":
-        return LungMaskResult(lung_mask_seed001(hu))
-    raise ValueError(f"unknown lung-mask method {method!r}; choose one of {', '.join(METHODS)}")
+def compute_mask(hu: np.ndarray, geometry: Geometry, method: str = DEFAULT_METHOD,
+                 params: Threshold3DParams | None = None) -> LungMaskResult:
+    """The lung mask of ``method`` (``threshold_3d``: 0/1 right/2 left; ``per_slice_otsu``: 0/1; the deprecated
+    names ``default`` / ``seed001`` are mapped with a DeprecationWarning)."""
+    method = resolve_method(method)
+    if method == "threshold_3d":
+        return lung_mask_threshold_3d(hu, geometry, params or Threshold3DParams())
+    return LungMaskResult(lung_mask_per_slice_otsu(hu))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="ingested case (.h5), DICOM series folder, or CT volume (.nii.gz, .nrrd, .mha)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask volume to write (.nii.gz), in the input's geometry")
-    parser.add_argument("--method", choices=METHODS, default="default",
-                        help="default: lungseg's 3-D method, right (1) / left (2) lungs; seed001: seed 001's per-slice recipe (1 = lung)")
+    parser.add_argument("--method", choices=[*METHODS, *DEPRECATED_METHODS], default=DEFAULT_METHOD,
+                        metavar="{" + ",".join(METHODS) + "}",
+                        help="; ".join(f"{name}: {what}" for name, what in METHODS.items())
+                        + f" (default {DEFAULT_METHOD}; the old names "
+                        + ", ".join(f"{old} = {new}" for old, new in DEPRECATED_METHODS.items())
+                        + " are deprecated)")
     parser.add_argument("--qa", type=Path, help="write QA figures (volume, right/left, components, flags) as JSON here")
     parser.add_argument("--h5", type=Path, help="also write the mask as HDF5 (dataset lung_mask + geometry attrs)")
     parser.add_argument("--case-id", help="pseudonymous id for the QA and HDF5 (default: the case file's id; none for raw scans)")
-    defaults = DefaultParams()
+    defaults = Threshold3DParams()
     for name in MM_OPTIONS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name), metavar="MM",
-                            help=f"default method: {_field_help(name)} (default {getattr(defaults, name)})")
+                            help=f"threshold_3d: {_field_help(name)} (default {getattr(defaults, name)})")
 
 
 def _field_help(name: str) -> str:
@@ -63,12 +68,13 @@ def _field_help(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args.method = resolve_method(args.method, where="--method")
     try:
         scan = read_input(args.input)
     except QuarantinedCaseError as exc:
         raise IngestError(args.input, "was quarantined at ingest and holds no image",
                           "fix the scan (see the quarantine table) and re-run ingest") from exc
-    params = DefaultParams(**{name: getattr(args, name) for name in MM_OPTIONS})
+    params = Threshold3DParams(**{name: getattr(args, name) for name in MM_OPTIONS})
     result = compute_mask(scan.hu, scan.geometry, args.method, params)
     case_id = args.case_id if args.case_id is not None else scan.case_id
     write_volume(str(args.output), result.mask, scan.geometry)

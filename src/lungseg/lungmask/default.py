@@ -1,4 +1,5 @@
-"""lungseg's default lung-parenchyma mask: 3-D, classical, vectorised, labelled right (1) / left (2).
+"""``threshold_3d``, lungseg's own lung-parenchyma mask (the default method): 3-D, classical, vectorised,
+labelled right (1) / left (2).
 
 Steps (sizes in mm, converted per axis, so anisotropic spacing is handled):
 
@@ -50,8 +51,8 @@ from lungseg.lungmask.sides import LEFT, MERGED_FRACTION, RIGHT, between_lungs, 
 
 
 @dataclass(frozen=True)
-class DefaultParams:
-    """Settings of the default method (HU thresholds; sizes in mm or mL)."""
+class Threshold3DParams:
+    """Settings of the ``threshold_3d`` method (HU thresholds; sizes in mm or mL)."""
 
     air_hu: float = -400.0  #: air and aerated lung are darker than this
     lumen_hu: float = -950.0  #: pure air (airway lumen, gas) is darker than this
@@ -72,7 +73,7 @@ class DefaultParams:
 
 @dataclass
 class LungMaskResult:
-    mask: np.ndarray  #: uint8 (z, y, x): 0 background, 1 right lung, 2 left lung (seed001: 1 lung)
+    mask: np.ndarray  #: uint8 (z, y, x): 0 background, 1 right lung, 2 left lung (per_slice_otsu: 1 lung)
     notes: list[str] = field(default_factory=list)  #: what the method noticed (shown in the QA)
 
 
@@ -86,7 +87,7 @@ def _largest(labels: np.ndarray, n: int) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def _airway(candidates: np.ndarray, pure: np.ndarray, params: DefaultParams, pixel_mm2: float) -> np.ndarray:
+def _airway(candidates: np.ndarray, pure: np.ndarray, params: Threshold3DParams, pixel_mm2: float) -> np.ndarray:
     """Per-slice air regions that are mostly pure air and at most ``airway_max_mm2``: lumen or gas."""
     labels, n = ndimage.label(candidates, structure=CONN_2D)
     count = np.bincount(labels.ravel(), minlength=n + 1)
@@ -134,7 +135,7 @@ def _nodule_like(added: np.ndarray, lung: np.ndarray, thick: tuple[int, int, int
 
 def _follow_wall(kept: np.ndarray, nodules: np.ndarray, room: np.ndarray, body: np.ndarray,
                  box: tuple[slice, slice, slice], spacing: tuple[float, float, float],
-                 params: DefaultParams) -> tuple[slice, np.ndarray]:
+                 params: Threshold3DParams) -> tuple[slice, np.ndarray]:
     """Where the pleura under a juxta-pleural nodule bulges out: what to add to ``kept`` (one lung, in
     ``box`` of the coarse grid), returned as ``zs, added`` for ``kept[zs]``.
 
@@ -183,7 +184,7 @@ def _follow_wall(kept: np.ndarray, nodules: np.ndarray, room: np.ndarray, body: 
 
 
 def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, body: np.ndarray, geometry: Geometry,
-                 spacing: tuple[float, float, float], params: DefaultParams) -> None:
+                 spacing: tuple[float, float, float], params: Threshold3DParams) -> None:
     """Step 5, in place on the coarse ``lungs`` labels (see the module docstring)."""
     radius = (0, *_voxels(params.closing_mm, spacing[1:]))
     along_z = _voxels(params.closing_z_mm, spacing[:1], minimum=1) + (0, 0)
@@ -236,9 +237,10 @@ def _refine(lungs: np.ndarray, added: np.ndarray, allowed: np.ndarray, hu: np.nd
     return full
 
 
-def lung_mask_default(hu: np.ndarray, geometry: Geometry, params: DefaultParams | None = None) -> LungMaskResult:
+def lung_mask_threshold_3d(hu: np.ndarray, geometry: Geometry,
+                           params: Threshold3DParams | None = None) -> LungMaskResult:
     """Right/left lung mask of a HU volume ``(z, y, x)`` with ``geometry`` (see the module docstring)."""
-    params = params or DefaultParams()
+    params = params or Threshold3DParams()
     notes: list[str] = []
     sx, sy, sz = geometry.spacing
     factors = (1, *(min(f, n) for f, n in zip(_voxels(params.working_mm, (sy, sx), minimum=1), hu.shape[1:])))
@@ -304,3 +306,8 @@ def lung_mask_default(hu: np.ndarray, geometry: Geometry, params: DefaultParams 
 
     # 6: back to the full grid
     return LungMaskResult(_refine(lungs, (lungs > 0) & ~before, allowed, hu, params.air_hu, factors), notes)
+
+
+#: the names before ``threshold_3d`` (kept for one release)
+DefaultParams = Threshold3DParams
+lung_mask_default = lung_mask_threshold_3d

@@ -20,13 +20,14 @@ from lungseg import __version__
 from lungseg.casefile import FORMAT as CASE_FORMAT
 from lungseg.casefile import create_h5, read_case
 from lungseg.geometry import Geometry
+from lungseg.lungmask.methods import resolve_method
 
 FORMAT = "lungseg-lungmask"
 FORMAT_VERSION = 1
 DATASET = "lung_mask"
 LABEL_VALUES = {
-    "default": "0 background, 1 right lung, 2 left lung",
-    "seed001": "0 background, 1 lung",
+    "threshold_3d": "0 background, 1 right lung, 2 left lung",
+    "per_slice_otsu": "0 background, 1 lung",
 }
 
 
@@ -58,6 +59,7 @@ def read_input(path: Path) -> Scan:
 
 def write_mask_h5(path: Path, mask: np.ndarray, geometry: Geometry, case_id: str, method: str) -> None:
     """Write the mask and its geometry to ``path`` atomically (layout in the module docstring)."""
+    method = resolve_method(method)
     with create_h5(path) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION

@@ -1,4 +1,5 @@
-"""Seed 001's lung-parenchyma recipe, per axial slice, faithfully (for reproducing the paper).
+"""``per_slice_otsu``: the lung-parenchyma recipe of Chi et al., "The Early Diagnosis of Lung Cancer Based on
+Soft Parameter Sharing of Transfer Learning", per axial slice, faithfully (for reproducing the paper).
 
 Per slice: Otsu threshold (dark = air and lung), remove the dark regions connected to the image
 border (8-connected, as ``skimage.segmentation.clear_border``), binary erosion with a disk of
@@ -59,7 +60,7 @@ def otsu_thresholds(volume: np.ndarray) -> np.ndarray:
     return np.array([threshold_otsu(s) if s.min() < s.max() else np.nan for s in volume], dtype=float)
 
 
-def lung_mask_seed001(volume: np.ndarray) -> np.ndarray:
+def lung_mask_per_slice_otsu(volume: np.ndarray) -> np.ndarray:
     """uint8 (z, y, x) lung mask (1 = lung) of a HU volume, each slice on its own."""
     thresholds = otsu_thresholds(volume)
     dark = volume < np.nan_to_num(thresholds, nan=-np.inf)[:, None, None]  # a constant slice gives nothing
@@ -68,3 +69,7 @@ def lung_mask_seed001(volume: np.ndarray) -> np.ndarray:
     mask = _cross_filter(inside, _EROSION, dilation=False)
     mask = _cross_filter(_cross_filter(mask, _CLOSING, dilation=True), _CLOSING, dilation=False)
     return fill_holes(mask, per_slice=True).astype(np.uint8)
+
+
+#: the name before ``per_slice_otsu`` (kept for one release)
+lung_mask_seed001 = lung_mask_per_slice_otsu

@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", type=Path, required=True, help="metrics.csv of the test cases from `lungseg aggregate`")
     p.add_argument("--reference", required=True, help="reference method, plotted first")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="methods to plot after the reference (default: all but the baselines all_background, lungmask_*)")
+                   help="methods to plot after the reference (default: all but the baselines all_background, classical_*)")
     p.add_argument("--metric", default="dice", help="per-case metric to plot (default: dice)")
     p.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
 

@@ -96,7 +96,7 @@ def plot_paired(metrics_csv: Path, reference: str, output: Path, methods: list[s
                 metric: str = "dice") -> list[str]:
     """Per-case ``metric`` of each method as dots, the dots of one case joined by a line; the reference first.
 
-    ``methods`` defaults to every method of the table except the baselines (``all_background``, ``lungmask_*``).
+    ``methods`` defaults to every method of the table except the baselines (``all_background``, ``classical_*``).
     Returns the methods plotted, in order.
     """
     with open(metrics_csv, newline="") as f:
