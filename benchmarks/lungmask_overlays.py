@@ -38,7 +38,7 @@ def write_overlays(shared: Path, out_dir: Path) -> list[Path]:
         if not folder.is_dir():
             continue
         hu, geometry, _ = read_scan(folder)
-        result = compute_mask(hu, geometry, "default")
+        result = compute_mask(hu, geometry, "threshold_3d")
         mask = result.mask
         n = hu.shape[0]
         picks = sorted({0, n // 3, (2 * n) // 3, n - 1})

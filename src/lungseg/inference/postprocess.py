@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from lungseg.geometry import Geometry
-from lungseg.lungmask.default import lung_mask_default
+from lungseg.lungmask.default import lung_mask_threshold_3d
 
 
 def keep_largest_components(mask: np.ndarray, n: int) -> np.ndarray:
@@ -31,4 +31,4 @@ def restrict_to(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
 def classical_lung_mask(hu: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The classical lung mask of a HU volume (``lungseg lung-mask``'s default method; 1 right, 2 left lung),
     for ``--lung-mask auto`` and ``--roi-mask auto``."""
-    return lung_mask_default(hu, geometry).mask
+    return lung_mask_threshold_3d(hu, geometry).mask

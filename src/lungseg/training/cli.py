@@ -46,7 +46,7 @@ examples:
   lungseg train --config results/experiments/unet/train_settings.json --threads 8 --train ... --val ... --out-dir runs/u
   torchrun --standalone --nproc_per_node=2 -m lungseg train --train a.h5 b.h5 --val c.h5 --out-dir runs/lung
   torchrun --standalone --nproc_per_node=4 -m lungseg train --mode fedavg --fed-partition case ... (4 clients)
-  seed 000's recipe: lungseg train --arch vgg16_unet --base-channels 64 --pretrained hub
+  the recipe of Hu, "Distributed U-net model and image segmentation for lung cancer detection": lungseg train --arch vgg16_unet --base-channels 64 --pretrained hub
       --freeze-encoder-epochs 5 --epochs 10 --lr 1e-4 --lr-min 1e-6 --warmup-epochs 1 ...
 """
 
