@@ -16,7 +16,7 @@ from lungseg.cli import main
 from lungseg.evaluation.aggregate import rows_to_csv
 from lungseg.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from lungseg.evaluation.compare import (CSV_COLUMNS, compare, cross_validation, is_baseline, load_plan,
-                                        paired_difference, read_metrics, training_cost, wilcoxon_p)
+                                        model_gpus, paired_difference, read_metrics, training_cost, wilcoxon_p)
 from lungseg.evaluation.metrics import METRICS
 from lungseg.geometry import Geometry, write_volume
 from lungseg.report.comparison import comparison_html, plot_paired
@@ -116,6 +116,9 @@ def test_cross_validated_dice_and_training_cost(tmp_path):
     assert cpu["wall_s"] == pytest.approx(3600.5) and cpu["gpu_hours"] == 0.0
     with pytest.raises(Exception, match="training benchmark file not found"):
         training_cost([str(tmp_path / "missing.tsv")], 1)
+    # GPUs per job as each job's model recorded them (2, 0 and 4 GPUs for the three fold jobs)
+    mixed = training_cost(plan["experiments"]["dense_unet"]["train_benchmarks"], [2, 0, 4])
+    assert mixed["gpus_per_job"] == [2, 0, 4] and mixed["gpu_hours"] == pytest.approx((1800 * 2 + 900 * 4) / 3600)
     with pytest.raises(Exception, match="has rows without a fold"):
         cross_validation(tmp_path / "metrics.csv", "dense_unet", 3)
 
@@ -244,3 +247,19 @@ def test_baselines_by_name():
         assert is_baseline(name), name
     for name in ("unet", "dense_unet", "classical", "arch-unet_lr-0.001"):
         assert not is_baseline(name), name
+
+
+def test_gpus_per_job_come_from_the_model_files(tmp_path):
+    """The workflow's plan names the fold models; each records the GPUs its training ran on."""
+    import torch
+
+    from lungseg.training.checkpoint import model_file_state
+    from lungseg.training.models import build_model
+
+    model = build_model("unet", base_channels=2, depth=2)
+    state = model_file_state(model, arch="unet", model_kwargs={"base_channels": 2, "depth": 2}, label="lung",
+                             image_size=32, hu_window=(-1000, 400), epoch=1, val_dice=0.5, gpus=4)
+    torch.save(state, tmp_path / "gpu.pt")
+    old = {k: v for k, v in state.items() if k != "gpus"}  # a model file from before the field
+    torch.save(old, tmp_path / "old.pt")
+    assert model_gpus(tmp_path / "gpu.pt") == 4 and model_gpus(tmp_path / "old.pt") == 0

@@ -230,27 +230,20 @@ def evaluated_cases(wildcards):
     return expand(f"{RESULTS}/experiments/{wildcards.experiment}/metrics/cases/{{case}}.json", case=cases_in("test"))
 
 
-def gpus_per_train_job(settings):
-    """GPUs a training job is given: nproc_per_node per node under the SLURM executor (profiles/slurm,
-    profiles/hybrid: the GPU partition), none on a local run (torchrun on CPU processes)."""
-    plugin = getattr(workflow, "executor_plugin", None)
-    on_slurm = plugin is not None and "slurm" in str(getattr(plugin, "name", ""))
-    return settings["nproc_per_node"] * config["cluster"]["train"]["nodes"] if on_slurm else 0
-
-
 def comparison_plan(wildcards):
-    """The `lungseg compare` plan: reference, and per experiment its folds, GPUs per training job,
-    training benchmark files and (k folds) out-of-fold metrics."""
+    """The `lungseg compare` plan: reference, and per experiment its folds, training benchmark files, the
+    models (each records the GPUs its training ran on) and (k folds) out-of-fold metrics. Nothing in it
+    depends on where the jobs ran, so a local `snakemake -n` after a SLURM run has nothing to redo."""
     return json.dumps({
         "reference": REFERENCE,
         "experiments": {
             name: {
                 "folds": FOLDS,
-                "gpus_per_job": gpus_per_train_job(settings),
+                "models": [model_file(name, fold) for fold in range(FOLDS)],
                 "train_benchmarks": [f"{RESULTS}/benchmarks/train/{name}/{fold}.tsv" for fold in range(FOLDS)],
                 "oof_metrics": f"{RESULTS}/experiments/{name}/out_of_fold/metrics/metrics.csv" if FOLDS > 1 else None,
             }
-            for name, settings in EXPERIMENTS.items()
+            for name in EXPERIMENTS
         },
     }, sort_keys=True)
 

@@ -8,8 +8,12 @@ a plan (JSON, given inline or as a file)::
     {"reference": "unet",
      "experiments": {"unet": {"folds": 1, "gpus_per_job": 0,
                               "train_benchmarks": ["results/benchmarks/train/unet/0.tsv"], "oof_metrics": null},
-                     "dense_unet": {"folds": 5, "gpus_per_job": 1, "train_benchmarks": [...],
+                     "dense_unet": {"folds": 5, "train_benchmarks": [...], "models": [...],
                                     "oof_metrics": "results/experiments/dense_unet/oof/metrics.csv"}}}
+
+``models`` (optional, one per train benchmark): the fold models, each recording the GPUs its training
+ran on; they then give each job's GPU count instead of ``gpus_per_job`` (the workflow's plan uses them,
+so the plan does not depend on where the jobs ran).
 
 Every method of the CSV that the plan does not name is a baseline. Output, per method:
 
@@ -23,7 +27,7 @@ Every method of the CSV that the plan does not name is a baseline. Output, per m
   NaN in either, are left out and counted);
 * per experiment: its folds, the cross-validated Dice (out-of-fold cases of ``oof_metrics``: mean per
   fold and pooled over all out-of-fold cases with a bootstrap CI), the training wall time (sum of the
-  ``s`` column of its train jobs' Snakemake benchmark files) and GPU-hours (wall hours x gpus_per_job,
+  ``s`` column of its train jobs' Snakemake benchmark files) and GPU-hours (wall hours x the job's GPUs,
   summed over the jobs).
 """
 
@@ -118,6 +122,11 @@ def load_plan(spec: str) -> dict:
         folds, gpus = spec_.get("folds", 1), spec_.get("gpus_per_job", 0)
         benchmarks = spec_.get("train_benchmarks") or []
         oof = spec_.get("oof_metrics")
+        models = spec_.get("models") or []
+        if isinstance(models, str) or not all(isinstance(m, str) for m in models) or (
+                models and len(models) != len(benchmarks)):
+            raise IngestError(where, f"experiment {name!r}: models must be a list of model files, one per "
+                                     "train benchmark", PLAN_FIX)
         if not isinstance(folds, int) or folds < 1 or not isinstance(gpus, (int, float)) or gpus < 0:
             raise IngestError(where, f"experiment {name!r} needs folds >= 1 and gpus_per_job >= 0 "
                                      f"(got {folds!r}, {gpus!r})", PLAN_FIX)
@@ -125,7 +134,8 @@ def load_plan(spec: str) -> dict:
             raise IngestError(where, f"experiment {name!r}: train_benchmarks must be a list of paths", PLAN_FIX)
         if oof is not None and not isinstance(oof, str):
             raise IngestError(where, f"experiment {name!r}: oof_metrics must be a path or null", PLAN_FIX)
-        checked[name] = {"folds": folds, "gpus_per_job": gpus, "train_benchmarks": list(benchmarks), "oof_metrics": oof}
+        checked[name] = {"folds": folds, "gpus_per_job": gpus, "train_benchmarks": list(benchmarks), "oof_metrics": oof,
+                         "models": list(models)}
     return {"reference": plan["reference"], "experiments": checked}
 
 
@@ -214,17 +224,28 @@ def cross_validation(path: Path, experiment: str, folds: int, samples: int = DEF
             "pooled": {k: pooled[k] for k in ("mean", "ci95", "n", "n_undefined")}}
 
 
-def training_cost(paths: list[str], gpus_per_job: float) -> dict:
-    """Jobs, wall seconds (sum of ``s``) and GPU-hours (sum over jobs of wall hours x gpus_per_job)."""
+def model_gpus(path: str | Path) -> int:
+    """The GPUs a ``model.pt`` was trained on, as its training recorded them (0: CPU, or an older file)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(state.get("gpus", 0)) if isinstance(state, dict) else 0
+
+
+def training_cost(paths: list[str], gpus_per_job: float | list[float]) -> dict:
+    """Jobs, wall seconds (sum of ``s``) and GPU-hours (sum over jobs of wall hours x the job's GPUs:
+    one figure for every job, or one per job in the order of ``paths``)."""
     jobs = [read_benchmark(Path(p)) for p in paths]
+    gpus = list(gpus_per_job) if isinstance(gpus_per_job, list) else [gpus_per_job] * len(jobs)
     seconds = [s for job in jobs for s in job]
     finite = [s for s in seconds if math.isfinite(s)]
     wall = float(sum(finite)) if finite else None
+    gpu_seconds = [s * g for job, g in zip(jobs, gpus) for s in job if math.isfinite(s)]
     return {
         "jobs": len(jobs),
         "wall_s": wall,
-        "gpus_per_job": gpus_per_job,
-        "gpu_hours": float(sum(s / 3600.0 * gpus_per_job for s in finite)) if finite else None,
+        "gpus_per_job": gpus[0] if len(set(gpus)) == 1 else gpus,
+        "gpu_hours": float(sum(gpu_seconds) / 3600.0) if finite else None,
         "n_undefined": len(seconds) - len(finite),
         "benchmarks": [str(p) for p in paths],
     }
@@ -270,7 +291,8 @@ def compare(rows: list[dict], plan: dict, samples: int = DEFAULT_SAMPLES, seed: 
             entry["folds"] = spec["folds"]
             entry["cross_validation"] = (cross_validation(Path(spec["oof_metrics"]), method, spec["folds"], samples, seed)
                                          if spec["oof_metrics"] else None)
-            entry["training"] = training_cost(spec["train_benchmarks"], spec["gpus_per_job"])
+            gpus = [model_gpus(m) for m in spec["models"]] if spec["models"] else spec["gpus_per_job"]
+            entry["training"] = training_cost(spec["train_benchmarks"], gpus)
         methods[method] = entry
     return {
         "reference": reference,

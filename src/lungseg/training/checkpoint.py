@@ -85,9 +85,12 @@ def model_file_state(
     epoch: int,
     val_dice: float,
     roi: dict[str, Any] | None = None,
+    gpus: int = 0,
 ) -> dict[str, Any]:
-    """The ``model.pt`` dictionary for ``model`` (see the module docstring)."""
+    """The ``model.pt`` dictionary for ``model`` (see the module docstring); ``gpus``: the GPUs its training
+    ran on (all processes, 0 on CPU), for the GPU-hours of a comparison."""
     return {
+        "gpus": int(gpus),
         "roi": dict(roi) if roi else {"mode": "none", "label": "", "margin": 0},
         "format": MODEL_FORMAT,
         "arch": str(arch),

@@ -487,7 +487,8 @@ def _finish_epoch(ctx: _Ctx, epoch_done: int, row: dict[str, float], checkpoint:
             ctx.model, arch=config.arch, model_kwargs=config.model_kwargs(), label=config.label,
             image_size=config.image_size, hu_window=config.hu_window, epoch=epoch_done, val_dice=row["val_dice"],
             roi={"mode": config.roi, "label": config.roi_label if config.roi != "none" else "",
-                 "margin": config.roi_margin if config.roi == "crop" else 0}))
+                 "margin": config.roi_margin if config.roi == "crop" else 0},
+            gpus=ctx.env.world_size if ctx.device.type == "cuda" else 0))
     write_metrics_csv(ctx.out_dir / METRICS_NAME, ctx.history)
     _save(ctx, epoch_done, **checkpoint)
     log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f%s  val_F %.4f  lr %.3g  %.1f img/s  %.1f s",
