@@ -101,7 +101,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add(m, "depth", "number of down-sampling steps", type=int, metavar="N")
     add(m, "image_size", "slices are resized to SxS for the network", type=int, metavar="S")
     add(m, "hu_window", "HU window clipped and scaled to [0, 1]", type=float, nargs=2, metavar=("LO", "HI"))
-    add(m, "norm", "normalisation layers: batch (the seeds') or group")
+    add(m, "norm", "normalisation layers: batch (as the papers' U-Nets) or group")
     add(m, "pretrained", "vgg16_unet: VGG16-BN ImageNet weights from FILE or the torch hub cache ('hub'); never downloaded",
         metavar="FILE|hub")
     add(m, "freeze_encoder_epochs", "train with the encoder frozen for the first N epochs, then all", type=int, metavar="N")

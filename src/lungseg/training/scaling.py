@@ -1,4 +1,5 @@
-"""``lungseg train-scaling``: the scaling study (seed 000 Table 5; seed 002 Table 1): the same data and
+"""``lungseg train-scaling``: the scaling study (Hu, Distributed U-net, Table 5; Luo, Multiple GPUs-based
+distributed learning, Table 1): the same data and
 epochs trained as one process, as DDP over N processes and as FedAvg with N clients, for several N.
 
 Two steps, so that every run is a job of its own (the workflow's rule ``scaling_run``, one per mode
