@@ -27,7 +27,11 @@ report: install
 test: install
 	$(BIN)/python -m pytest tests
 
+# the lint gate (also run by the test suite, tests/test_lint.py): ruff on the Python code, snakefmt on
+# the rules, snakemake's own linter on the workflow
 lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakefmt --check --line-length 120 Snakefile workflow/rules
 	snakemake --lint
 
 # the job graph as results/dag.svg (needs graphviz's `dot`); on a fresh clone too (makes results/)

@@ -1,6 +1,7 @@
 # lungseg: chest CT (DICOM) -> lung / nodule segmentation model, predictions, metrics, report.
 # All logic lives in the `lungseg` package (src/lungseg); the rules only wire files together.
 
+
 configfile: "config/config.yaml"
 
 
@@ -20,6 +21,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs,
-    default_target: True

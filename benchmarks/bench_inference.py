@@ -22,8 +22,9 @@ Prints wall seconds per volume, the process CPU seconds (robust when the machine
 1-minute load average is recorded too) and the ratios lungmask / lungseg; with ``--summary`` (a metrics summary.json)
 also the trained model's test Dice. Writes ``benchmarks/results/inference.json``.
 Needs ``pip install lungmask`` (benchmark only, not a lungseg dependency).
-Run: ``.venv/bin/python benchmarks/bench_inference.py [--model results/model/lung/model.pt --summary results/metrics/summary.json]``
-(about 20 min on 2 cores, most of it lungmask); ``--skip-baseline`` times lungseg alone (``inference_lungseg_only.json``).
+Run: ``.venv/bin/python benchmarks/bench_inference.py``
+``[--model results/model/lung/model.pt --summary results/metrics/summary.json]`` (about 20 min on 2 cores,
+most of it lungmask); ``--skip-baseline`` times lungseg alone (``inference_lungseg_only.json``).
 """
 
 from __future__ import annotations

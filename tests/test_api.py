@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from ingest_data import demo_case
 
 import lungseg
 from lungseg import api
@@ -19,8 +20,6 @@ from lungseg.ingest.errors import IngestError
 from lungseg.training.checkpoint import model_file_state, save_checkpoint
 from lungseg.training.models import UNet
 from lungseg.training.preprocess import to_model_input
-
-from ingest_data import demo_case
 
 HU_WINDOW = (-1000.0, 400.0)
 
@@ -159,8 +158,8 @@ def test_metrics_equal_the_evaluate_command(case, tmp_path):
     scan = api.read_scan(root / "case.h5")
     prediction = api.lung_mask(scan)
     api.write_mask(prediction > 0, scan.geometry, tmp_path / "pred.nii.gz")  # a boolean mask is written as uint8
-    assert main(["evaluate", "--case", str(root / "case.h5"), "--label", "lung", "--pred", f"classical={tmp_path / 'pred.nii.gz'}",
-                 "--no-baseline", "-o", str(tmp_path / "metrics.json")]) == 0
+    assert main(["evaluate", "--case", str(root / "case.h5"), "--label", "lung",
+                 "--pred", f"classical={tmp_path / 'pred.nii.gz'}", "--no-baseline", "-o", str(tmp_path / "metrics.json")]) == 0
     (row,) = json.loads((tmp_path / "metrics.json").read_text())
     reference, _ = read_volume(str(demo.lung_path))
     got = api.metrics(prediction, reference, scan.geometry)

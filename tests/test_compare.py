@@ -15,8 +15,18 @@ from lungseg.casefile import CaseVolume, write_case
 from lungseg.cli import main
 from lungseg.evaluation.aggregate import rows_to_csv
 from lungseg.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_ci
-from lungseg.evaluation.compare import (CSV_COLUMNS, compare, cross_validation, is_baseline, load_plan,
-                                        model_gpus, paired_difference, read_metrics, training_cost, wilcoxon_p)
+from lungseg.evaluation.compare import (
+    CSV_COLUMNS,
+    compare,
+    cross_validation,
+    is_baseline,
+    load_plan,
+    model_gpus,
+    paired_difference,
+    read_metrics,
+    training_cost,
+    wilcoxon_p,
+)
 from lungseg.evaluation.metrics import METRICS
 from lungseg.geometry import Geometry, write_volume
 from lungseg.report.comparison import comparison_html, plot_paired

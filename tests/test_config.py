@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lungseg.workflow_config import ConfigError, check_config
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -167,17 +167,21 @@ def _fedavg(**settings):
          ["split.fractions = [0.8, 0.1, 0.2] sum to 1.1", "allowed: three fractions (train, val, test) that sum to 1"]),
         (lambda c: c["split"].update(fractions=[0.9, 0.1, 0.0]), ["split.fractions = [0.9, 0.1, 0.0] leave test without cases"]),
         (lambda c: c["split"].update(fractions=[1.0, 0.0, 0.0]), ["leave val and test without cases"]),
-        (lambda c: c["train"].update(image_size=16, depth=5), ["train.image_size = 16 is too small for train.depth = 5", ">= 2**depth = 32"]),
+        (lambda c: c["train"].update(image_size=16, depth=5),
+         ["train.image_size = 16 is too small for train.depth = 5", ">= 2**depth = 32"]),
         (lambda c: (c["train"].update(depth=5), c["scaling"].update(image_size=16)),
          ["scaling.image_size = 16 is too small for train.depth = 5"]),
         (lambda c: c["train"].update(hu_window=[400, -1000]), ["train.hu_window = [400, -1000]", "low < high"]),
         (lambda c: c["train"].update(lr_min=0.01), ["train.lr_min = 0.01 is above train.lr = 0.002"]),
-        (lambda c: c["train"].update(pretrained="hub"), ['train.pretrained = "hub" with train.arch = unet', "only with arch vgg16_unet"]),
+        (lambda c: c["train"].update(pretrained="hub"),
+         ['train.pretrained = "hub" with train.arch = unet', "only with arch vgg16_unet"]),
         (_fedavg(local_epochs=3), ["train.epochs = 10 is not a multiple of train.local_epochs = 3"]),
         (_fedavg(nproc_per_node=3, fed_fractions=[0.5, 0.5]),
          ["train.fed_fractions = [0.5, 0.5] has 2 values for train.nproc_per_node = 3", "or 3 fractions, one per client"]),
-        (lambda c: c["train"].update(label="heart"), ['train.label = "heart" is not a label of the demo cohort', "lung or nodule"]),
-        (lambda c: c["train"].update(roi="crop", roi_label="heart"), ['train.roi_label = "heart" is not a label of the demo cohort']),
+        (lambda c: c["train"].update(label="heart"),
+         ['train.label = "heart" is not a label of the demo cohort', "lung or nodule"]),
+        (lambda c: c["train"].update(roi="crop", roi_label="heart"),
+         ['train.roi_label = "heart" is not a label of the demo cohort']),
         (_fedavg(fed_partition="case", nproc_per_node=7),
          ["train.nproc_per_node = 7 FedAvg clients with fed_partition case", "demo.n_cases = 8 gives 6 training case(s)"]),
     ],

@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lungseg.experiments import (
     ExperimentError,
     check_experiments,

@@ -168,7 +168,8 @@ def test_model_of_another_architecture_is_a_clear_error(tmp_path, capsys):
         with pytest.raises(IngestError, match=reason):
             load_predictor(tmp_path / name)
         capsys.readouterr()
-        assert main(["predict", str(tmp_path / "ct.nii.gz"), "--model", str(tmp_path / name), "-o", str(tmp_path / "m.nii.gz")]) == 1
+        assert main(["predict", str(tmp_path / "ct.nii.gz"), "--model", str(tmp_path / name),
+                     "-o", str(tmp_path / "m.nii.gz")]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1, err  # one line, no traceback
         assert str(tmp_path / name) in err and "Fix: pass the model.pt written by `lungseg train`" in err

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_inference import balanced_model, save_model
 
 from lungseg.casefile import read_case, write_case
 from lungseg.cli import main
 from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.ingest.scan import ingest_scan, read_scan
-from test_inference import balanced_model, save_model
 
 pytestmark = pytest.mark.realdata
 

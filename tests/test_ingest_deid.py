@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pydicom
-
 from ingest_data import SEED, demo_case, identifiers, slice_files
+
 from lungseg.cli import main
 from lungseg.demo.cohort import demo_identity
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-
 from ingest_data import SEED, demo_case, edit, slice_files
+
 from lungseg.cli import main
 from lungseg.demo.cohort import generate_demo_scan
 from lungseg.ingest.dicom_series import list_dicom_files

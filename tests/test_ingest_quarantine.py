@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from ingest_data import copy_series, demo_case, edit, encapsulate_frames, slice_files
+
 from lungseg.casefile import QuarantinedCaseError, open_case, read_case, read_status
 from lungseg.cli import main
 from lungseg.ingest.quarantine import quarantine_rows

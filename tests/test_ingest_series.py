@@ -8,9 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from ingest_data import SEED, copy_series, demo_case, edit, encapsulate_frames, jpeg_lossless_encode, slice_files
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 
-from ingest_data import SEED, copy_series, demo_case, edit, encapsulate_frames, jpeg_lossless_encode, slice_files
 from lungseg.casefile import read_case, write_case
 from lungseg.cli import main
 from lungseg.demo.cohort import generate_demo_scan

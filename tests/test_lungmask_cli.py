@@ -97,7 +97,8 @@ def test_case_file_input_per_slice_otsu_and_qa_table(demo_case, tmp_path):
     hu, geometry, _ = read_scan(demo_case.dicom_dir)
     write_case(tmp_path / "c1.h5", CaseVolume(case_id="c1", image=hu, geometry=geometry))
     write_volume(str(tmp_path / "air.nii.gz"), np.full((4, 32, 32), -1000, dtype=np.int16), geometry)
-    assert main(["lung-mask", str(tmp_path / "c1.h5"), "-o", str(tmp_path / "c1.nii.gz"), "--qa", str(tmp_path / "c1.qa.json")]) == 0
+    assert main(["lung-mask", str(tmp_path / "c1.h5"), "-o", str(tmp_path / "c1.nii.gz"),
+                 "--qa", str(tmp_path / "c1.qa.json")]) == 0
     assert main(["lung-mask", str(tmp_path / "c1.h5"), "--method", "per_slice_otsu", "-o", str(tmp_path / "s.nii.gz"),
                  "--qa", str(tmp_path / "s.qa.json"), "--case-id", "c1s"]) == 0
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s.nii.gz"))))) <= {0, 1}
@@ -144,6 +145,7 @@ def test_deprecated_config_name_is_mapped_at_workflow_start(capsys):
     """The config check (run when the workflow starts) accepts lung_mask.method: default / seed001, prints one
     line and hands the rules the new name; the baseline in the metrics is classical_<new name>."""
     from conftest import REPO
+
     from lungseg.workflow_config import check_config
 
     for old, new in DEPRECATED_METHODS.items():

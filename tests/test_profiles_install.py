@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lungseg.cluster.profiles_install import install_one, state, uninstall
 
 PROFILES = REPO / "profiles"

@@ -119,5 +119,6 @@ def test_workflow_pages(tmp_path):
     versions = (tmp_path / "v.html").read_text()
     from importlib.metadata import version
 
-    assert f"<td>torch</td><td>{version('torch')}</td>" in versions and f"<td>SimpleITK</td><td>{version('SimpleITK')}" in versions
+    assert f"<td>torch</td><td>{version('torch')}</td>" in versions
+    assert f"<td>SimpleITK</td><td>{version('SimpleITK')}" in versions
     assert "3 jobs, 64.0 s" in (tmp_path / "r.html").read_text()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lungseg.cli import main
-from lungseg.cluster.sweep import RunResult, RunSpec, expand_grid, parse_grid, write_table
+from lungseg.cluster.sweep import RunResult, expand_grid, parse_grid, write_table
 from lungseg.report.sweep import SUMMARY_NAME, load, read_sweep
 
 

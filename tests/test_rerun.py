@@ -13,7 +13,6 @@ import numpy as np
 import pydicom
 import pytest
 import yaml
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 
 import pytest
+from test_training import make_case
 
 from lungseg.cli import main
 from lungseg.training import scaling
 from lungseg.training.rule_args import write_train_settings
-from test_training import make_case
 
 
 def record(mode: str, devices: int, train_s: float, study: str = "s1", **extra: object) -> dict:

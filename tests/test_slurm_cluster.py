@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 from test_sweep import TINY_TRAIN, write_tiny_cases
 
@@ -189,7 +188,7 @@ def test_scaling_study_ran_on_gpus(dag_run) -> None:
     nproc = min(2, gpus_per_node())
     assert len(jobs["scaling_run"]) == (3 if nproc > 1 else 1), jobs["scaling_run"]
     rows = sacct(jobs["scaling_run"])
-    for job_id, row in rows.items():
+    for row in rows.values():
         assert row["partition"] == "gpu" and "--gpus=" in row["submit"], row
     assert sorted(re.search(r"--gpus=(?:\w+:)?(\d+)", r["submit"]).group(1) for r in rows.values()) == (
         ["1", "2", "2"] if nproc > 1 else ["1"])

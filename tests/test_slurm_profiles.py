@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.profiles import ProfileConfigFileParser
 
-from conftest import REPO
 from lungseg.cluster.launch import (
     Allocation,
     LaunchError,

@@ -86,7 +86,7 @@ def test_preprocess_round_trip_restores_original_size() -> None:
     mask = ((yy - 50) ** 2 / 30**2 + (xx - 70) ** 2 / 45**2 <= 1).astype(np.uint8)[None]
     hu = np.where(mask > 0, 0, -1000).astype(np.int16)
     x = to_model_input(hu, 64, (-1000, 400))
-    assert x.shape == (1, 1, 64, 64) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (1, 1, 64, 64) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     small = resize_mask(mask, 64)
     assert small.shape == (1, 1, 64, 64) and set(small.unique().tolist()) <= {0.0, 1.0}
     back = logits_to_mask((small * 2 - 1) * 10, (h, w))
@@ -116,7 +116,7 @@ def test_dataset_items_pickling_and_augmentation(cases) -> None:
     image, mask = ds[7]
     assert image.shape == mask.shape == (1, 32, 32)
     assert image.dtype == mask.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 1 and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert image.min() >= 0 and image.max() <= 1 and set(mask.unique().tolist()) == {0.0, 1.0}
     clone = pickle.loads(pickle.dumps(ds))  # open handles are not pickled; the copy re-opens lazily
     assert torch.equal(clone[7][0], image)
     ds.close()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lungseg.training.cli import IO_OPTIONS, config_from_args, configure, default_text
 from lungseg.training.config import (
     CHOICES,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_training import make_case, read_rows
 
 from lungseg.training.models import build_model
 from lungseg.training.preemption import REQUEUE_EXIT_CODE
 from lungseg.training.train import TrainConfig, seed_everything, train
-from test_training import make_case, read_rows
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -119,10 +120,8 @@ def _kill_tree(root: int) -> None:
         tree.append(pid)
         todo.extend(children.get(pid, []))
     for pid in reversed(tree):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, text: str, timeout: float = 240) -> None:

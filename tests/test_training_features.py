@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training import make_case, read_rows
 from torch.utils.data import DistributedSampler
 
 from lungseg.training import train as train_module
@@ -25,7 +26,6 @@ from lungseg.training.optim import lr_at
 from lungseg.training.preemption import REQUEUE_EXIT_CODE, TrainingInterrupted
 from lungseg.training.sampling import SliceSampler, oversampling_weights, partition_clients
 from lungseg.training.train import TrainConfig, seed_everything, train
-from test_training import make_case, read_rows
 
 # whole slices (roi none; the default is crop to the lung box): these tests are about the training mechanics
 TINY = TrainConfig(base_channels=4, depth=2, image_size=32, epochs=2, batch_size=4, lr=1e-2, seed=0, threads=1,

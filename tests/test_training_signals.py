@@ -13,11 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from test_training import make_case
+from test_training_distributed import ENV, TORCHRUN, _wait_for, tiny_args
 
 from lungseg.training.guard import StopReportFilter
 from lungseg.training.preemption import REQUEUE_EXIT_CODE
-from test_training import make_case
-from test_training_distributed import ENV, TORCHRUN, _wait_for, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_signal_to_any_process_checkpoints_exits_75_in_one_line_and_resumes(
     out_dir, log = tmp_path / "run", tmp_path / "stopped.log"
     command = [sys.executable, "-m", "lungseg", "train-guard", "--", *TORCHRUN,
                *tiny_args(*cases, out_dir, "--epochs", "3", "--batch-size", "1", "--log-every", "1")]
-    proc = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV)
+    with open(log, "w") as log_file:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=ENV)
     try:
         _wait_for(proc, log, "epoch 1/3 step 2/20")
         for process in _targets(psutil.Process(proc.pid), target):

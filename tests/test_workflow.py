@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lungseg.demo.cohort import demo_identity
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from pydicom.uid import generate_uid
-
 from conftest import REPO, SHARED_DATA
 from ingest_data import demo_case, edit, slice_files
+from pydicom.uid import generate_uid
 
 pytestmark = pytest.mark.slow
 SECRET = "workflow-discover-secret-42"

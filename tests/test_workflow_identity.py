@@ -16,10 +16,9 @@ import numpy as np
 import pydicom
 import pytest
 import yaml
-from pydicom.uid import generate_uid
-
 from conftest import REPO
 from ingest_data import demo_case, edit, identifiers, slice_files
+from pydicom.uid import generate_uid
 
 pytestmark = pytest.mark.slow
 SECRET = "workflow-identity-secret-7"

@@ -26,7 +26,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # torch stays out of `import lungseg.api`
 
 __all__ = ["Geometry", "Scan", "Segmenter", "lung_mask", "metrics", "read_scan", "write_mask"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 @dataclass
@@ -121,7 +121,7 @@ def metrics(prediction: np.ndarray, reference: np.ndarray, geometry: Geometry | 
     return segmentation_metrics(np.asarray(prediction), np.asarray(reference), geometry)
 
 
-RegionSpec = Union[str, os.PathLike, np.ndarray, None]
+RegionSpec = str | os.PathLike | np.ndarray | None
 
 
 class Segmenter:

@@ -18,10 +18,13 @@ from lungseg.ingest.errors import IngestError
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-cohort": ("lungseg.demo.cli", "write a synthetic chest CT cohort as real DICOM series + NIfTI labels"),
-    "discover": ("lungseg.ingest.discover_cli", "find the axial CT series in a DICOM tree and write a case sheet (pseudonymous IDs)"),
-    "ingest": ("lungseg.ingest.cli", "read one DICOM series or volume (+ masks, LIDC XML, LUNA16 CSV) into a per-case HDF5 file"),
+    "discover": ("lungseg.ingest.discover_cli",
+                 "find the axial CT series in a DICOM tree and write a case sheet (pseudonymous IDs)"),
+    "ingest": ("lungseg.ingest.cli",
+               "read one DICOM series or volume (+ masks, LIDC XML, LUNA16 CSV) into a per-case HDF5 file"),
     "quarantine-table": ("lungseg.ingest.quarantine", "collect quarantined cases from ingest status files into a TSV"),
-    "lung-mask": ("lungseg.lungmask.cli", "classical lung-parenchyma mask (right/left) of a case, DICOM folder or CT volume, in its own geometry"),
+    "lung-mask": ("lungseg.lungmask.cli",
+                  "classical lung-parenchyma mask (right/left) of a case, DICOM folder or CT volume, in its own geometry"),
     "lung-mask-qa": ("lungseg.lungmask.qa_table", "collect per-case lung-mask QA files into one TSV table"),
     "split": ("lungseg.split", "patient-level train/val/test split, reproducible by seed"),
     "train": ("lungseg.training.cli", "train a segmentation model (run under torchrun for DDP)"),
@@ -29,14 +32,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-scaling": ("lungseg.training.scaling", "scaling study: single process vs DDP vs FedAvg on the same data and epochs"),
     "launch": ("lungseg.cluster.launch", "start torchrun on one node, or srun torchrun across the nodes of a SLURM job"),
     "sweep": ("lungseg.cluster.sweep_cli", "grid of training runs through submitit (SLURM or local), one metrics table"),
-    "profiles": ("lungseg.cluster.profiles_install", "make the slurm and hybrid profiles findable by name: snakemake --profile slurm"),
-    "predict": ("lungseg.inference.cli", "mask one study (.h5 case, DICOM folder or CT volume) with a trained model, in the scan's geometry"),
+    "profiles": ("lungseg.cluster.profiles_install",
+                 "make the slurm and hybrid profiles findable by name: snakemake --profile slurm"),
+    "predict": ("lungseg.inference.cli",
+                "mask one study (.h5 case, DICOM folder or CT volume) with a trained model, in the scan's geometry"),
     "evaluate": ("lungseg.evaluation.cli", "per-case overlap metrics of a predicted mask against the reference"),
     "aggregate": ("lungseg.evaluation.aggregate", "collect per-case metrics into a CSV table and a JSON summary"),
-    "compare": ("lungseg.evaluation.compare", "compare experiments and baselines on the test cases: CIs, paired differences to a reference, CV Dice, cost"),
+    "compare": ("lungseg.evaluation.compare",
+                "compare experiments and baselines on the test cases: CIs, paired differences to a reference, CV Dice, cost"),
     "plot-training": ("lungseg.report.training_curves", "plot training curves from the per-epoch metrics CSV"),
     "plot-overlay": ("lungseg.report.overlay", "montage of axial slices: reference green, prediction red, agreement yellow"),
-    "report": ("lungseg.report.cli", "report sections: cohort, metrics tables, distribution, worst/best cases, workflow, experiment comparison, sweep table"),
+    "report": ("lungseg.report.cli",
+               "report sections: cohort, metrics tables, distribution, worst/best cases, workflow, experiment comparison, "
+               "sweep table"),
 }
 
 

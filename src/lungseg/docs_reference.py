@@ -500,12 +500,14 @@ def _provenance(data: dict) -> list[str]:
         cpu = machine_info.get("cpu")
         parts = [f"{machine_info.get('cores')} cores" if machine_info.get("cores") else None,
                  f"{machine_info['ram_gib']} GiB" if machine_info.get("ram_gib") else None,
-                 f"GPU {machine_info['gpu']}" if machine_info.get("gpu") else "no GPU" if "gpu" in machine_info else None,
+                 (f"GPU {machine_info['gpu']}" if machine_info.get("gpu")
+                  else "no GPU" if "gpu" in machine_info else None),
                  f"Python {machine_info['python']}" if machine_info.get("python") else None]
         text = ", ".join(p for p in [cpu, *parts] if p)
         facts.append(f"**machine** {_md(text)}")
         if machine_info.get("load_1min") is not None:
-            facts.append(f"**1-minute load average at start** {machine_info['load_1min']} (shared machine: other work ran beside it)")
+            facts.append(f"**1-minute load average at start** {machine_info['load_1min']} "
+                         "(shared machine: other work ran beside it)")
     elif isinstance(data.get("machine"), str):
         facts.append(f"**machine** {data['machine']}, {data.get('cpu_count', '?')} cores (no date recorded)")
     else:
@@ -534,7 +536,8 @@ def _bench_ingest(data: dict) -> list[str]:
     if m:
         pp = m.get("per_process_peak_rss_mib", {})
         one = m.get("one_process_peak_rss_mib", {})
-        rows = [[f"`lungseg ingest`, one process per case ({m['cases']} cases of {m['slices']}×{m['matrix'][0]}×{m['matrix'][1]})",
+        rows = [[f"`lungseg ingest`, one process per case "
+                 f"({m['cases']} cases of {m['slices']}×{m['matrix'][0]}×{m['matrix'][1]})",
                  f"min {pp.get('min')} / median {pp.get('median')} / max {pp.get('max')}"],
                 [f"one process ingesting all {m['cases']} cases in turn",
                  f"{one.get('after_first_case')} after the first, {one.get('after_all_cases')} after the last"],

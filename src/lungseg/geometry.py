@@ -31,7 +31,7 @@ class Geometry:
             raise ValueError(f"spacing must be positive, got {self.spacing}")
 
     @classmethod
-    def from_sitk(cls, image: sitk.Image) -> "Geometry":
+    def from_sitk(cls, image: sitk.Image) -> Geometry:
         return cls(
             spacing=tuple(float(v) for v in image.GetSpacing()),
             origin=tuple(float(v) for v in image.GetOrigin()),
@@ -65,7 +65,7 @@ class Geometry:
         }
 
     @classmethod
-    def from_attrs(cls, attrs) -> "Geometry":  # noqa: ANN001 - h5py AttributeManager or dict
+    def from_attrs(cls, attrs) -> Geometry:  # noqa: ANN001 - h5py AttributeManager or dict
         return cls(
             spacing=tuple(float(v) for v in attrs["spacing"]),
             origin=tuple(float(v) for v in attrs["origin"]),

@@ -76,7 +76,9 @@ CASE_SHEET = {
 }.get(config["source"], f"{RESULTS}/cases.tsv")
 #: known when the workflow is parsed (demo, cases); with discover, after the discovery checkpoint ran
 CASES = {"demo": _demo_case_table, "cases": lambda: _read_case_sheet(CASE_SHEET)}.get(config["source"], dict)()
-DEMO_DICOM_NAMES = demo_dicom_names(config["demo"]["seed"], config["demo"]["slices"]) if config["source"] == "demo" else []
+DEMO_DICOM_NAMES = (
+    demo_dicom_names(config["demo"]["seed"], config["demo"]["slices"]) if config["source"] == "demo" else []
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -134,7 +136,9 @@ def fold_of_case(case):
 
 def out_of_fold_cases():
     """Every case outside the test set (k-fold cross-validation only)."""
-    return sorted(c for c, (split, fold) in read_split_table(checkpoints.split.get().output[0]).items() if fold is not None)
+    return sorted(
+        c for c, (split, fold) in read_split_table(checkpoints.split.get().output[0]).items() if fold is not None
+    )
 
 
 def experiment_dir(experiment):
@@ -198,7 +202,12 @@ def ingest_args(wildcards, input):
             args += [option, input[key]]
     row = case_table()[wildcards.case]
     if row.get("series"):  # one series of a folder holding several (a sheet of `lungseg discover` without links)
-        args += ["--series", row["series"], "--secret-env", config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY")]
+        args += [
+            "--series",
+            row["series"],
+            "--secret-env",
+            config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY"),
+        ]
     settings = config["ingest"]
     if settings.get("target_spacing"):
         args += ["--target-spacing", *(str(s) for s in settings["target_spacing"])]
@@ -234,18 +243,23 @@ def comparison_plan(wildcards):
     """The `lungseg compare` plan: reference, and per experiment its folds, training benchmark files, the
     models (each records the GPUs its training ran on) and (k folds) out-of-fold metrics. Nothing in it
     depends on where the jobs ran, so a local `snakemake -n` after a SLURM run has nothing to redo."""
-    return json.dumps({
-        "reference": REFERENCE,
-        "experiments": {
-            name: {
-                "folds": FOLDS,
-                "models": [model_file(name, fold) for fold in range(FOLDS)],
-                "train_benchmarks": [f"{RESULTS}/benchmarks/train/{name}/{fold}.tsv" for fold in range(FOLDS)],
-                "oof_metrics": f"{RESULTS}/experiments/{name}/out_of_fold/metrics/metrics.csv" if FOLDS > 1 else None,
-            }
-            for name in EXPERIMENTS
+    return json.dumps(
+        {
+            "reference": REFERENCE,
+            "experiments": {
+                name: {
+                    "folds": FOLDS,
+                    "models": [model_file(name, fold) for fold in range(FOLDS)],
+                    "train_benchmarks": [f"{RESULTS}/benchmarks/train/{name}/{fold}.tsv" for fold in range(FOLDS)],
+                    "oof_metrics": (
+                        f"{RESULTS}/experiments/{name}/out_of_fold/metrics/metrics.csv" if FOLDS > 1 else None
+                    ),
+                }
+                for name in EXPERIMENTS
+            },
         },
-    }, sort_keys=True)
+        sort_keys=True,
+    )
 
 
 def flatten(items):
@@ -255,38 +269,58 @@ def flatten(items):
 
 def all_outputs(wildcards):
     test = cases_in("test")
-    return flatten([
-        f"{RESULTS}/split.tsv",
-        f"{RESULTS}/quarantine.tsv",
-        expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
-        f"{RESULTS}/lungmask/qa.tsv",  # lung-mask QA of every case (workflow/rules/lungmask.smk)
-        # every model and its per-epoch log is a target of its own: a model that a killed retrain left
-        # missing is trained again (resuming its checkpoint), even when the predictions of the old
-        # model still exist (Snakemake skips a missing intermediate file whose consumers look done)
-        expand(f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/{{name}}", experiment=EXPERIMENTS,
-               fold=range(FOLDS), name=["model.pt", "metrics.csv"]),
-        expand(f"{RESULTS}/plots/training/{{experiment}}/{{fold}}.png", experiment=EXPERIMENTS, fold=range(FOLDS)),
-        expand(f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz", experiment=EXPERIMENTS, case=test),
-        expand(f"{RESULTS}/experiments/{{experiment}}/metrics/{{name}}", experiment=EXPERIMENTS,
-               name=["metrics.csv", "summary.json"]),
-        # k-fold cross-validation: out-of-fold metrics of every case outside the test set
-        expand(f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/metrics.csv", experiment=EXPERIMENTS)
-        if FOLDS > 1 else [],
-        f"{RESULTS}/metrics/metrics.csv",
-        f"{RESULTS}/metrics/summary.json",
-        f"{RESULTS}/comparison/comparison.csv",
-        f"{RESULTS}/comparison/comparison.json",
-        # scaling study (workflow/rules/scaling.smk), if scaling.enabled
-        [f"{RESULTS}/scaling/scaling.csv", f"{RESULTS}/scaling/scaling.png"] if config["scaling"]["enabled"] else [],
-        expand(f"{RESULTS}/plots/overlays/{{case}}.png", case=test),
-        # report pages and figures (workflow/rules/report.smk)
-        f"{RESULTS}/report/cohort.html",
-        f"{RESULTS}/report/metrics.html",
-        f"{RESULTS}/report/comparison.html",
-        f"{RESULTS}/report/paired_dice.png",
-        f"{RESULTS}/report/metrics_distribution.png",
-        f"{RESULTS}/report/worst_cases.png",
-        f"{RESULTS}/report/best_cases.png",
-        f"{RESULTS}/report/sweep.html" if config["report"]["sweep"] else [],  # a `lungseg sweep` table, if configured
-        expand(f"{RESULTS}/report/workflow/{{page}}.html", page=["config", "versions", "runtimes"]),
-    ])
+    return flatten(
+        [
+            f"{RESULTS}/split.tsv",
+            f"{RESULTS}/quarantine.tsv",
+            expand(f"{RESULTS}/lungmask/{{case}}.qa.json", case=good_cases()),
+            f"{RESULTS}/lungmask/qa.tsv",  # lung-mask QA of every case (workflow/rules/lungmask.smk)
+            # every model and its per-epoch log is a target of its own: a model that a killed retrain left
+            # missing is trained again (resuming its checkpoint), even when the predictions of the old
+            # model still exist (Snakemake skips a missing intermediate file whose consumers look done)
+            expand(
+                f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/{{name}}",
+                experiment=EXPERIMENTS,
+                fold=range(FOLDS),
+                name=["model.pt", "metrics.csv"],
+            ),
+            expand(f"{RESULTS}/plots/training/{{experiment}}/{{fold}}.png", experiment=EXPERIMENTS, fold=range(FOLDS)),
+            expand(
+                f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz", experiment=EXPERIMENTS, case=test
+            ),
+            expand(
+                f"{RESULTS}/experiments/{{experiment}}/metrics/{{name}}",
+                experiment=EXPERIMENTS,
+                name=["metrics.csv", "summary.json"],
+            ),
+            # k-fold cross-validation: out-of-fold metrics of every case outside the test set
+            (
+                expand(f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/metrics.csv", experiment=EXPERIMENTS)
+                if FOLDS > 1
+                else []
+            ),
+            f"{RESULTS}/metrics/metrics.csv",
+            f"{RESULTS}/metrics/summary.json",
+            f"{RESULTS}/comparison/comparison.csv",
+            f"{RESULTS}/comparison/comparison.json",
+            # scaling study (workflow/rules/scaling.smk), if scaling.enabled
+            (
+                [f"{RESULTS}/scaling/scaling.csv", f"{RESULTS}/scaling/scaling.png"]
+                if config["scaling"]["enabled"]
+                else []
+            ),
+            expand(f"{RESULTS}/plots/overlays/{{case}}.png", case=test),
+            # report pages and figures (workflow/rules/report.smk)
+            f"{RESULTS}/report/cohort.html",
+            f"{RESULTS}/report/metrics.html",
+            f"{RESULTS}/report/comparison.html",
+            f"{RESULTS}/report/paired_dice.png",
+            f"{RESULTS}/report/metrics_distribution.png",
+            f"{RESULTS}/report/worst_cases.png",
+            f"{RESULTS}/report/best_cases.png",
+            (
+                f"{RESULTS}/report/sweep.html" if config["report"]["sweep"] else []
+            ),  # a `lungseg sweep` table, if configured
+            expand(f"{RESULTS}/report/workflow/{{page}}.html", page=["config", "versions", "runtimes"]),
+        ]
+    )

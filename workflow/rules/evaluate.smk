@@ -8,17 +8,17 @@ rule evaluate:
         case=f"{RESULTS}/ingest/{{case}}.h5",
     output:
         f"{RESULTS}/experiments/{{experiment}}/metrics/cases/{{case}}.json",
-    params:
-        label=LABEL,
-        detection="--detection" if LABEL == "nodule" else "",
-        pred=lambda wildcards, input: ["--pred", f"{wildcards.experiment}={input.pred}"],
-        fold=[],
     log:
         "logs/evaluate/{experiment}/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate/{{experiment}}/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        label=LABEL,
+        detection="--detection" if LABEL == "nodule" else "",
+        pred=lambda wildcards, input: ["--pred", f"{wildcards.experiment}={input.pred}"],
+        fold=[],
     shell:
         "lungseg evaluate --case {input.case:q} --label {params.label:q} {params.pred:q} --no-baseline"
         " {params.fold:q} {params.detection} -o {output:q} > {log:q} 2>&1"
@@ -32,15 +32,15 @@ use rule evaluate as evaluate_out_of_fold with:
         split=f"{RESULTS}/split.tsv",
     output:
         f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/cases/{{case}}.json",
+    log:
+        "logs/evaluate_out_of_fold/{experiment}/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_out_of_fold/{{experiment}}/{{case}}.tsv"
     params:
         label=LABEL,
         detection="--detection" if LABEL == "nodule" else "",
         pred=lambda wildcards, input: ["--pred", f"{wildcards.experiment}={input.pred}"],
         fold=lambda wildcards: ["--fold", str(fold_of_case(wildcards.case))],
-    log:
-        "logs/evaluate_out_of_fold/{experiment}/{case}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate_out_of_fold/{{experiment}}/{{case}}.tsv"
 
 
 rule evaluate_baselines:
@@ -49,16 +49,16 @@ rule evaluate_baselines:
         case=f"{RESULTS}/ingest/{{case}}.h5",
     output:
         f"{RESULTS}/baselines/metrics/cases/{{case}}.json",
-    params:
-        label=LABEL,
-        detection="--detection" if LABEL == "nodule" else "",
-        preds=lambda wildcards, input: [arg for k, v in input.items() if k != "case" for arg in ("--pred", f"{k}={v}")],
     log:
         "logs/evaluate_baselines/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_baselines/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        label=LABEL,
+        detection="--detection" if LABEL == "nodule" else "",
+        preds=lambda wildcards, input: [arg for k, v in input.items() if k != "case" for arg in ("--pred", f"{k}={v}")],
     shell:
         "lungseg evaluate --case {input.case:q} --label {params.label:q} {params.preds:q} {params.detection}"
         " -o {output:q} > {log:q} 2>&1"
@@ -70,15 +70,15 @@ rule aggregate_experiment:
     output:
         csv=f"{RESULTS}/experiments/{{experiment}}/metrics/metrics.csv",
         json=f"{RESULTS}/experiments/{{experiment}}/metrics/summary.json",
-    params:
-        samples=config["evaluate"]["bootstrap_samples"],
-        seed=config["evaluate"]["bootstrap_seed"],
     log:
         "logs/aggregate_experiment/{experiment}.log",
     benchmark:
         f"{RESULTS}/benchmarks/aggregate_experiment/{{experiment}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        samples=config["evaluate"]["bootstrap_samples"],
+        seed=config["evaluate"]["bootstrap_seed"],
     shell:
         "lungseg aggregate {input:q} --csv {output.csv:q} --json {output.json:q}"
         " --bootstrap-samples {params.samples} --seed {params.seed} > {log:q} 2>&1"
@@ -86,8 +86,10 @@ rule aggregate_experiment:
 
 use rule aggregate_experiment as aggregate_out_of_fold with:
     input:
-        lambda wildcards: expand(f"{RESULTS}/experiments/{wildcards.experiment}/out_of_fold/metrics/cases/{{case}}.json",
-                                 case=out_of_fold_cases()),
+        lambda wildcards: expand(
+            f"{RESULTS}/experiments/{wildcards.experiment}/out_of_fold/metrics/cases/{{case}}.json",
+            case=out_of_fold_cases(),
+        ),
     output:
         csv=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/metrics.csv",
         json=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/summary.json",
@@ -100,8 +102,11 @@ use rule aggregate_experiment as aggregate_out_of_fold with:
 use rule aggregate_experiment as aggregate with:
     input:
         lambda wildcards: [
-            *expand(f"{RESULTS}/experiments/{{experiment}}/metrics/cases/{{case}}.json", experiment=EXPERIMENTS,
-                    case=cases_in("test")),
+            *expand(
+                f"{RESULTS}/experiments/{{experiment}}/metrics/cases/{{case}}.json",
+                experiment=EXPERIMENTS,
+                case=cases_in("test"),
+            ),
             *expand(f"{RESULTS}/baselines/metrics/cases/{{case}}.json", case=cases_in("test")),
         ],
     output:
@@ -123,10 +128,14 @@ rule compare:
     input:
         csv=f"{RESULTS}/metrics/metrics.csv",
         # the trained models (their benchmark files hold the training times) and out-of-fold metrics
-        models=expand(f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/model.pt", experiment=EXPERIMENTS,
-                      fold=range(FOLDS)),
-        oof=expand(f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/metrics.csv", experiment=EXPERIMENTS)
-        if FOLDS > 1 else [],
+        models=expand(
+            f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/model.pt", experiment=EXPERIMENTS, fold=range(FOLDS)
+        ),
+        oof=(
+            expand(f"{RESULTS}/experiments/{{experiment}}/out_of_fold/metrics/metrics.csv", experiment=EXPERIMENTS)
+            if FOLDS > 1
+            else []
+        ),
     output:
         csv=report(
             f"{RESULTS}/comparison/comparison.csv",
@@ -136,16 +145,16 @@ rule compare:
             labels={"table": "experiments compared (CSV download)"},
         ),
         json=f"{RESULTS}/comparison/comparison.json",
-    params:
-        plan=comparison_plan,
-        samples=config["evaluate"]["bootstrap_samples"],
-        seed=config["evaluate"]["bootstrap_seed"],
     log:
         "logs/compare/compare.log",
     benchmark:
         f"{RESULTS}/benchmarks/compare/compare.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        plan=comparison_plan,
+        samples=config["evaluate"]["bootstrap_samples"],
+        seed=config["evaluate"]["bootstrap_seed"],
     shell:
         "lungseg compare {input.csv:q} --plan {params.plan:q} --csv {output.csv:q} --json {output.json:q}"
         " --bootstrap-samples {params.samples} --seed {params.seed} > {log:q} 2>&1"

@@ -17,16 +17,16 @@ if config["source"] == "discover":
             ),
             # one folder of links per series: pseudonymous paths in the sheet, inputs and logs
             links=directory(f"{RESULTS}/discovered/series"),
-        params:
-            root=config["discover"]["root"],
-            min_slices=config["discover"]["min_slices"],
-            secret_env=config["discover"]["secret_env"],
         log:
             "logs/discover/discover.log",
         benchmark:
             f"{RESULTS}/benchmarks/discover/discover.tsv"
         conda:
             "../../envs/preprocess.yaml"
+        params:
+            root=config["discover"]["root"],
+            min_slices=config["discover"]["min_slices"],
+            secret_env=config["discover"]["secret_env"],
         shell:
             "lungseg discover {params.root:q} -o {output.cases:q} --skipped {output.skipped:q} --link-dir {output.links:q}"
             " --min-slices {params.min_slices} --secret-env {params.secret_env:q} --no-progress > {log:q} 2>&1"
@@ -38,15 +38,15 @@ rule ingest:
     output:
         case=f"{RESULTS}/ingest/{{case}}.h5",
         status=f"{RESULTS}/ingest/{{case}}.status.json",
-    params:
-        source=lambda wildcards: case_table()[wildcards.case]["dicom"],
-        options=ingest_args,
     log:
         "logs/ingest/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/ingest/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        source=lambda wildcards: case_table()[wildcards.case]["dicom"],
+        options=ingest_args,
     shell:
         "lungseg ingest {params.source:q} --case-id {wildcards.case:q} {params.options:q}"
         " -o {output.case:q} --status {output.status:q} > {log:q} 2>&1"

@@ -8,14 +8,14 @@ rule lung_mask:
         mask=f"{RESULTS}/lungmask/{{case}}.nii.gz",
         h5=f"{RESULTS}/lungmask/{{case}}.h5",
         qa=f"{RESULTS}/lungmask/{{case}}.qa.json",
-    params:
-        method=config["lung_mask"]["method"],
     log:
         "logs/lung_mask/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/lung_mask/{{case}}.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        method=config["lung_mask"]["method"],
     shell:
         "lungseg lung-mask {input:q} --method {params.method:q} -o {output.mask:q} --h5 {output.h5:q}"
         " --qa {output.qa:q} > {log:q} 2>&1"

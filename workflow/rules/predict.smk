@@ -11,6 +11,13 @@ rule predict:
         lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
     output:
         f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz",
+    log:
+        "logs/predict/{experiment}/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{experiment}}/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: config["predict"]["threads"]
     params:
         models=lambda wildcards, input: [arg for model in input.models for arg in ("--model", model)],
         batch_size=config["predict"]["batch_size"],
@@ -18,13 +25,6 @@ rule predict:
         roi=roi_mask_option,
         lung=lambda wildcards, input: ["--lung-mask", input.lung] if config["predict"]["restrict_to_lung"] else [],
         components=config["predict"]["largest_components"],
-    threads: config["predict"]["threads"]
-    log:
-        "logs/predict/{experiment}/{case}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/predict/{{experiment}}/{{case}}.tsv"
-    conda:
-        "../../envs/preprocess.yaml"
     shell:
         "lungseg predict {input.case:q} {params.models:q} -o {output:q}"
         " --batch-size {params.batch_size} --threads {threads} --flips {params.flips:q} {params.roi:q} {params.lung:q}"

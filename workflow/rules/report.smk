@@ -1,9 +1,7 @@
 # Tables and figures for `snakemake --report`, in four categories: Data, Training, Evaluation, Workflow details.
 import json
 
-WORKFLOW_PAGES = {
-    name: f"{RESULTS}/report/workflow/{name}.html" for name in ("config", "versions", "runtimes")
-}
+WORKFLOW_PAGES = {name: f"{RESULTS}/report/workflow/{name}.html" for name in ("config", "versions", "runtimes")}
 
 
 rule plot_training:
@@ -39,14 +37,14 @@ rule plot_overlay:
             subcategory="Overlays of every test case",
             labels={"case": "{case}"},
         ),
-    params:
-        label=LABEL,
     log:
         "logs/plot_overlay/{case}.log",
     benchmark:
         f"{RESULTS}/benchmarks/plot_overlay/{{case}}.tsv"
     conda:
         "../../envs/report.yaml"
+    params:
+        label=LABEL,
     shell:
         "lungseg plot-overlay --case {input.case:q} --pred {input.pred:q} --label {params.label:q} -o {output:q} > {log:q} 2>&1"
 
@@ -127,14 +125,14 @@ rule paired_dice:
             subcategory="Comparison",
             labels={"figure": "per-case Dice of every experiment"},
         ),
-    params:
-        reference=REFERENCE,
     log:
         "logs/paired_dice/paired_dice.log",
     benchmark:
         f"{RESULTS}/benchmarks/paired_dice/paired_dice.tsv"
     conda:
         "../../envs/report.yaml"
+    params:
+        reference=REFERENCE,
     shell:
         "lungseg report paired-dice --csv {input:q} --reference {params.reference:q} -o {output:q} > {log:q} 2>&1"
 
@@ -180,18 +178,18 @@ rule extreme_cases:
             subcategory="Figures",
             labels={"figure": "best cases"},
         ),
-    params:
-        label=LABEL,
-        pairs=lambda wildcards, input: [arg for c, p in zip(input.cases, input.preds) for arg in ("--pair", f"{c}={p}")],
-        method=REFERENCE,
-        n_cases=config["report"]["extreme_cases"],
-        n_slices=config["report"]["overlay_slices"],
     log:
         "logs/extreme_cases/extreme_cases.log",
     benchmark:
         f"{RESULTS}/benchmarks/extreme_cases/extreme_cases.tsv"
     conda:
         "../../envs/report.yaml"
+    params:
+        label=LABEL,
+        pairs=lambda wildcards, input: [arg for c, p in zip(input.cases, input.preds) for arg in ("--pair", f"{c}={p}")],
+        method=REFERENCE,
+        n_cases=config["report"]["extreme_cases"],
+        n_slices=config["report"]["overlay_slices"],
     shell:
         "lungseg report extremes --csv {input.csv:q} {params.pairs:q} --label {params.label:q} --method {params.method:q} --metric dice"
         " --cases {params.n_cases} --slices {params.n_slices} --worst {output.worst:q} --best {output.best:q} > {log:q} 2>&1"
@@ -220,15 +218,15 @@ rule workflow_pages:
             category="Workflow details",
             labels={"page": "run times"},
         ),
-    params:
-        config=json.dumps(config, sort_keys=True),
-        benchmarks=f"{RESULTS}/benchmarks",
     log:
         "logs/workflow_pages/workflow_pages.log",
     benchmark:
         f"{RESULTS}/benchmarks/workflow_pages/workflow_pages.tsv"
     conda:
         "../../envs/report.yaml"
+    params:
+        config=json.dumps(config, sort_keys=True),
+        benchmarks=f"{RESULTS}/benchmarks",
     shell:
         "lungseg report workflow --config-json {params.config:q} --benchmarks {params.benchmarks:q}"
         " --config-out {output.config:q} --versions-out {output.versions:q} --runtimes-out {output.runtimes:q} > {log:q} 2>&1"
@@ -249,13 +247,13 @@ if config["report"]["sweep"]:
                 subcategory="Sweep",
                 labels={"table": "lungseg sweep runs"},
             ),
-        params:
-            folder=lambda wildcards, input: os.path.dirname(input[0]),
         log:
             "logs/sweep_table/sweep_table.log",
         benchmark:
             f"{RESULTS}/benchmarks/sweep_table/sweep_table.tsv"
         conda:
             "../../envs/report.yaml"
+        params:
+            folder=lambda wildcards, input: os.path.dirname(input[0]),
         shell:
             "lungseg report sweep --folder {params.folder:q} -o {output:q} > {log:q} 2>&1"

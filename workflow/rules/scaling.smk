@@ -7,20 +7,22 @@ from lungseg.training.rule_args import scaling_train_settings, write_train_setti
 from lungseg.training.scaling import run_name, study_runs
 
 #: the folder of every run of the study: single-1, then ddp-N and fedavg-N for each N > 1 of scaling.devices
-SCALING_RUN_DIRS = [f"{RESULTS}/scaling/runs/{run_name(mode, n)}" for mode, n in study_runs(config["scaling"]["devices"])]
+SCALING_RUN_DIRS = [
+    f"{RESULTS}/scaling/runs/{run_name(mode, n)}" for mode, n in study_runs(config["scaling"]["devices"])
+]
 
 
 rule scaling_settings:
-    localrule: True
     output:
         f"{RESULTS}/scaling/train_settings.json",
-    params:
-        # train: with the study's image size, without the settings each run of the study chooses
-        settings=scaling_train_settings(config),
     log:
         "logs/scaling_settings/scaling_settings.log",
     benchmark:
         f"{RESULTS}/benchmarks/scaling_settings/scaling_settings.tsv"
+    localrule: True
+    params:
+        # train: with the study's image size, without the settings each run of the study chooses
+        settings=scaling_train_settings(config),
     run:
         write_train_settings(params.settings, output[0])
 
@@ -35,12 +37,15 @@ rule scaling_run:
     output:
         metrics=f"{RESULTS}/scaling/runs/{{mode}}-{{devices}}/metrics.csv",
         record=f"{RESULTS}/scaling/runs/{{mode}}-{{devices}}/run.json",
+    log:
+        "logs/scaling_run/{mode}-{devices}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scaling_run/{{mode}}-{{devices}}.tsv"
     wildcard_constraints:
         mode="single|ddp|fedavg",
         devices=r"[1-9][0-9]*",
-    params:
-        run_dir=lambda wildcards: f"{RESULTS}/scaling/runs/{run_name(wildcards.mode, wildcards.devices)}",
-        cfg=config["scaling"],
+    conda:
+        "../../envs/train.yaml"
     # every process is one "device" with scaling.threads_per_process threads
     threads: lambda wildcards: int(wildcards.devices) * config["scaling"]["threads_per_process"]
     resources:
@@ -49,12 +54,9 @@ rule scaling_run:
         gpu=lambda wildcards: int(wildcards.devices),
         # one at a time, for timings no other run of the study disturbs: --resources scaling_runs=1
         scaling_runs=1,
-    log:
-        "logs/scaling_run/{mode}-{devices}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/scaling_run/{{mode}}-{{devices}}.tsv"
-    conda:
-        "../../envs/train.yaml"
+    params:
+        run_dir=lambda wildcards: f"{RESULTS}/scaling/runs/{run_name(wildcards.mode, wildcards.devices)}",
+        cfg=config["scaling"],
     shell:
         "lungseg train-scaling run --mode {wildcards.mode} --devices {wildcards.devices}"
         " --train {input.train:q} --val {input.val:q} --out-dir {params.run_dir:q} --epochs {params.cfg[epochs]}"

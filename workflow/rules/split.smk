@@ -21,18 +21,18 @@ checkpoint split:
         status=status_files,
     output:
         f"{RESULTS}/split.tsv",
-    params:
-        fractions=" ".join(str(f) for f in config["split"]["fractions"]),
-        seed=config["split"]["seed"],
-        folds=FOLDS,
-        # folds (and the val/test cut) balanced for cases with and without the target (e.g. nodules)
-        stratify=["--stratify-label", LABEL] if config["split"]["stratify"] else [],
     log:
         "logs/split/split.log",
     benchmark:
         f"{RESULTS}/benchmarks/split/split.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        fractions=" ".join(str(f) for f in config["split"]["fractions"]),
+        seed=config["split"]["seed"],
+        folds=FOLDS,
+        # folds (and the val/test cut) balanced for cases with and without the target (e.g. nodules)
+        stratify=["--stratify-label", LABEL] if config["split"]["stratify"] else [],
     shell:
         "lungseg split --cases {input.cases:q} --status {input.status:q} --fractions {params.fractions} --seed {params.seed}"
         " --folds {params.folds} {params.stratify:q} -o {output:q} > {log:q} 2>&1"

@@ -7,16 +7,16 @@ from lungseg.training.rule_args import write_train_settings
 
 
 rule train_settings:
-    localrule: True
     output:
         f"{RESULTS}/experiments/{{experiment}}/train_settings.json",
-    params:
-        # a params change of one experiment rewrites its file only: its jobs rerun, the others' do not
-        settings=lambda wildcards: EXPERIMENTS[wildcards.experiment],
     log:
         "logs/train_settings/{experiment}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_settings/{{experiment}}.tsv"
+    localrule: True
+    params:
+        # a params change of one experiment rewrites its file only: its jobs rerun, the others' do not
+        settings=lambda wildcards: EXPERIMENTS[wildcards.experiment],
     run:
         write_train_settings(params.settings, output[0])
 
@@ -36,19 +36,20 @@ rule train:
             subcategory="Per-epoch metrics",
             labels={"experiment": "{experiment}", "fold": "{fold}"},
         ),
-    params:
-        checkpoint_dir=checkpoint_dir,
-        # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the
-        # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes)
-        launch=lambda wildcards, resources: torchrun_prefix(
-            resources.get("nodes", 1), EXPERIMENTS[wildcards.experiment]["nproc_per_node"]),
-    threads: lambda wildcards: EXPERIMENTS[wildcards.experiment]["threads"]
     log:
         "logs/train/{experiment}/{fold}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{experiment}}/{{fold}}.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: lambda wildcards: EXPERIMENTS[wildcards.experiment]["threads"]
+    params:
+        checkpoint_dir=checkpoint_dir,
+        # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the
+        # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes)
+        launch=lambda wildcards, resources: torchrun_prefix(
+            resources.get("nodes", 1), EXPERIMENTS[wildcards.experiment]["nproc_per_node"]
+        ),
     shell:
         "lungseg train-guard -- {params.launch} -m lungseg train --config {input.settings:q}"
         " --train {input.train:q} --val {input.val:q} --out-dir {params.checkpoint_dir:q}"

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from lungseg.cluster.settings import ClusterConfigError, DEFAULT_CONFIG, load_cluster_settings
+from lungseg.cluster.settings import DEFAULT_CONFIG, ClusterConfigError, load_cluster_settings
 from lungseg.cluster.sweep import (
     LAYOUT_KEYS,
     MANAGED_OPTIONS,

@@ -8,14 +8,13 @@ reconstructs the volume and its geometry. File names are random, so name order i
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from lungseg.geometry import Geometry
 
@@ -89,10 +88,7 @@ def write_ct_series(
     if len(names) != n_slices or len(set(names)) != n_slices:
         raise ValueError(f"need {n_slices} distinct file names, got {len(names)} ({len(set(names))} distinct)")
 
-    if storage == "unsigned":
-        stored = (hu.astype(np.int32) + UNSIGNED_OFFSET).astype("<u2")
-    else:
-        stored = hu.astype("<i2")
+    stored = (hu.astype(np.int32) + UNSIGNED_OFFSET).astype("<u2") if storage == "unsigned" else hu.astype("<i2")
 
     paths = []
     for k in range(n_slices):

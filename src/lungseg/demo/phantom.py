@@ -398,10 +398,7 @@ def _paint_nodules(
         diameter = float(rng.uniform(3.0, 25.0))
         radius = diameter / 2
         juxta = bool(rng.random() < 0.4)
-        if juxta:
-            cand = (dist >= 0.35 * radius) & (dist <= 0.75 * radius + 0.5 * sx) & wall_near
-        else:
-            cand = dist > radius + 3.0
+        cand = (dist >= 0.35 * radius) & (dist <= 0.75 * radius + 0.5 * sx) & wall_near if juxta else dist > radius + 3.0
         cand &= lung > 0
         idx = np.flatnonzero(cand)
         for n in found:
@@ -420,5 +417,6 @@ def _paint_nodules(
         mask &= lung[box] > 0
         nodule[box][mask] = 1
         hu[box][mask] = float(rng.uniform(20, 60))
-        found.append(Nodule(tuple(float(v) for v in centre_zyx), round(diameter, 2), juxta, int(lung[tuple(centre_zyx.astype(int))])))
+        found.append(Nodule(tuple(float(v) for v in centre_zyx), round(diameter, 2), juxta,
+                            int(lung[tuple(centre_zyx.astype(int))])))
     return nodule, found

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     write_text_atomic(args.output, json.dumps(clean, indent=2) + "\n")
     for row in rows:
-        log.info("case %s %s: Dice %.4f IoU %.4f HD95 %.2f mm", row["case_id"], row["method"], row["dice"], row["iou"], row["hd95_mm"])
+        log.info("case %s %s: Dice %.4f IoU %.4f HD95 %.2f mm", row["case_id"], row["method"], row["dice"], row["iou"],
+                 row["hd95_mm"])
         if args.detection:
             log.info("case %s %s: %d of %d nodule(s) found, %d false positive component(s)", row["case_id"],
                      row["method"], row["n_detected"], row["n_nodules"], row["n_false_positives"])

@@ -48,7 +48,8 @@ def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, geometry: Geometry) 
     accuracy = 1.0 - float(np.count_nonzero(p ^ r)) / p.size
     volume_diff = (n_pred - n_ref) * voxel_ml
     if n_pred == 0 and n_ref == 0:
-        return dict(dice=1.0, iou=1.0, precision=1.0, recall=1.0, fscore=1.0, accuracy=accuracy, hd95_mm=0.0, volume_diff_ml=volume_diff)
+        return dict(dice=1.0, iou=1.0, precision=1.0, recall=1.0, fscore=1.0, accuracy=accuracy, hd95_mm=0.0,
+                    volume_diff_ml=volume_diff)
     if n_pred == 0 or n_ref == 0:
         return dict(dice=0.0, iou=0.0, precision=math.nan if n_pred == 0 else 0.0, recall=math.nan if n_ref == 0 else 0.0,
                     fscore=0.0, accuracy=accuracy, hd95_mm=math.nan, volume_diff_ml=volume_diff)

@@ -61,7 +61,8 @@ def _load_study(path: Path) -> tuple[np.ndarray, Geometry, str]:
         try:
             case = read_case(path, labels=False)
         except (OSError, ValueError, KeyError) as exc:
-            raise IngestError(path, f"is not a readable lungseg case file ({exc})", "re-run `lungseg ingest` or pass the DICOM folder") from exc
+            raise IngestError(path, f"is not a readable lungseg case file ({exc})",
+                              "re-run `lungseg ingest` or pass the DICOM folder") from exc
         return case.image, case.geometry, case.case_id
     hu, geometry, _ = read_scan(path)
     return hu, geometry, "input study"

@@ -164,7 +164,7 @@ def _fits_int16(dtype: np.dtype, bits: int, intercept: int) -> bool:
         low, high = -(1 << (min(bits, dtype.itemsize * 8) - 1)), (1 << (min(bits, dtype.itemsize * 8) - 1)) - 1
     else:
         return False
-    return -32768 <= low + intercept and high + intercept <= 32767 and -32768 <= low and high <= 32767
+    return low + intercept >= -32768 and high + intercept <= 32767 and low >= -32768 and high <= 32767
 
 
 def _native_pixels(ds: pydicom.Dataset, uid: UID) -> np.ndarray | None:

@@ -9,7 +9,6 @@ the case file's ``source_*`` attributes.
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 

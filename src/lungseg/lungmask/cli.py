@@ -41,7 +41,8 @@ def compute_mask(hu: np.ndarray, geometry: Geometry, method: str = DEFAULT_METHO
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="ingested case (.h5), DICOM series folder, or CT volume (.nii.gz, .nrrd, .mha)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="mask volume to write (.nii.gz), in the input's geometry")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="mask volume to write (.nii.gz), in the input's geometry")
     parser.add_argument("--method", choices=[*METHODS, *DEPRECATED_METHODS], default=DEFAULT_METHOD,
                         metavar="{" + ",".join(METHODS) + "}",
                         help="; ".join(f"{name}: {what}" for name, what in METHODS.items())

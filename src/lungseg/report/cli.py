@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
         plot_paired(args.csv, args.reference, args.output, methods=args.methods, metric=args.metric)
     elif args.section == "sweep":
-        from lungseg.report.sweep import SweepSummaryError, load as load_sweep
+        from lungseg.report.sweep import SweepSummaryError
+        from lungseg.report.sweep import load as load_sweep
 
         try:
             page = load_sweep(args.folder)

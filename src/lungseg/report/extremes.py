@@ -25,7 +25,9 @@ from lungseg.report.overlay import overlay_rgb, pick_slices  # noqa: E402
 LOWER_IS_BETTER = {"hd95_mm"}
 
 
-def rank_cases(rows: list[dict[str, str]], method: str, metric: str, n: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+def rank_cases(
+    rows: list[dict[str, str]], method: str, metric: str, n: int
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """``(worst, best)``: up to ``n`` ``(case_id, value)`` each, worst first / best first; undefined values rank worst."""
     scored = []
     for r in rows:
@@ -83,5 +85,6 @@ def plot_extremes(metrics_csv: Path, pairs: list[tuple[Path, Path]], label: str,
         with open_case(case_path) as f:
             files[str(f.attrs["case_id"])] = (Path(case_path), Path(pred_path))
     worst, best = rank_cases([r for r in rows if r["case_id"] in files], method, metric, n_cases)
-    plot_cases(worst, files, label, metric, f"Worst {len(worst)} case(s) of {method} by {metric}", worst_out, n_slices, by_error=True)
+    plot_cases(worst, files, label, metric, f"Worst {len(worst)} case(s) of {method} by {metric}", worst_out, n_slices,
+               by_error=True)
     plot_cases(best, files, label, metric, f"Best {len(best)} case(s) of {method} by {metric}", best_out, n_slices)

@@ -46,7 +46,8 @@ examples:
   lungseg train --config results/experiments/unet/train_settings.json --threads 8 --train ... --val ... --out-dir runs/u
   torchrun --standalone --nproc_per_node=2 -m lungseg train --train a.h5 b.h5 --val c.h5 --out-dir runs/lung
   torchrun --standalone --nproc_per_node=4 -m lungseg train --mode fedavg --fed-partition case ... (4 clients)
-  the recipe of Hu, "Distributed U-net model and image segmentation for lung cancer detection": lungseg train --arch vgg16_unet --base-channels 64 --pretrained hub
+  the recipe of Hu, "Distributed U-net model and image segmentation for lung cancer detection":
+      lungseg train --arch vgg16_unet --base-channels 64 --pretrained hub
       --freeze-encoder-epochs 5 --epochs 10 --lr 1e-4 --lr-min 1e-6 --warmup-epochs 1 ...
 """
 
@@ -85,7 +86,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("data and outputs")
     io.add_argument("--train", nargs="*", required=True, metavar="CASE.h5", help="ingested training case files")
     io.add_argument("--val", nargs="*", required=True, metavar="CASE.h5", help="ingested validation case files")
-    io.add_argument("--out-dir", type=Path, required=True, metavar="DIR", help="folder for checkpoint.pt, model.pt and metrics.csv")
+    io.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
+                    help="folder for checkpoint.pt, model.pt and metrics.csv")
     io.add_argument("--config", type=Path, default=None, metavar="FILE",
                     help="training settings file (JSON or YAML mapping of the settings below, e.g. the workflow's "
                          "train_settings.json); options given here override it (default: none, TrainConfig's defaults)")

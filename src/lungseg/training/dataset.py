@@ -7,6 +7,7 @@ resumed mid-epoch, or split across ranks, sees exactly the data of an uninterrup
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -190,7 +191,5 @@ class SliceDataset(Dataset):
         return state
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
