@@ -33,13 +33,13 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
+from timing import best_times  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lungseg.casefile import write_case  # noqa: E402
 from lungseg.demo.cohort import demo_case_ids, write_demo_case  # noqa: E402
 from lungseg.ingest.pseudonym import Scrubber  # noqa: E402
 from lungseg.ingest.scan import ingest_scan  # noqa: E402
-from timing import best_times  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
