@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 SCRIPTS = sorted((REPO / "benchmarks").glob("bench_*.py"))
