@@ -12,7 +12,8 @@ SCRIPTS = sorted((REPO / "benchmarks").glob("bench_*.py"))
 
 
 def test_every_benchmark_is_found():
-    assert {p.name for p in SCRIPTS} >= {"bench_ingest.py", "bench_lungmask.py", "bench_training.py", "bench_inference.py"}
+    assert {p.name for p in SCRIPTS} >= {"bench_ingest.py", "bench_lungmask.py", "bench_training.py", "bench_inference.py",
+                                         "bench_fanout.py"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
