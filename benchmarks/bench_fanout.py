@@ -19,10 +19,11 @@
 
    Snakemake's own cost: ``(snakemake wall - sum of job_s) / jobs``, and the gaps between one job's
    end and the next one's start. Pieces of the start-up are timed alone (best of 3): ``python -c pass``,
-   ``import torch``, ``lungseg train --help`` (the worker's imports), ``lungseg train-guard -- true``
-   and ``torchrun --standalone ... -m lungseg --version`` (torchrun and an empty worker).
-   ``overhead_pct_at_demo_epochs`` projects the ratio to the demo's 10 epochs (same overhead, the
-   mean epoch time x 10).
+   ``lungseg --version``, ``import torch``, ``lungseg train --help`` (the worker's imports),
+   ``lungseg train-guard -- true`` and ``torchrun --standalone ... -m lungseg --version`` (torchrun and
+   an empty worker), wall and CPU seconds. ``first_epoch_excess_s`` (first epoch minus the later ones'
+   mean) shows the warm-up inside training_s; ``overhead_pct_at_demo_epochs`` projects the ratio to
+   the demo's 10 epochs (same overhead; the first epoch + 9 x the later epochs' mean).
 
 2. ``dry_run``: ``snakemake -n`` (no target: the whole workflow) on a ``source: cases`` sheet with
    ``--dry-experiments`` x ``--dry-folds`` (3 x 5). Every case is a real series folder: per-file
@@ -35,10 +36,16 @@
        E*K trainings, predictions, evaluations, report), at ``--split-sizes`` cases (one workdir, the
        sheet grown step by step, each step's new cases ingested), projected to ``--sheet-cases`` with
        least-squares fits t = a + b n and t = a + b n + c n^2 (both given; the quadratic is the one to
-       believe when its c is clearly positive).
+       believe when its c is clearly positive: on 2 cores the quadratic fit of 50..200 cases gave
+       37.6 s at 1000, a real run at 1000 37.2 s, the linear one 23.7 s). A real 1000 (ingest ~0.5 s
+       a case): ``--part dry-run --split-sizes 250 500 1000`` (about 15 minutes).
+
+   Both parts record wall and CPU seconds (the CPU seconds of Snakemake, its jobs, each piece: what a
+   shared machine does not inflate); the load average at start and end is in the output.
 
 Writes ``benchmarks/results/fanout.json`` (or ``--out``). Run:
-``.venv/bin/python benchmarks/bench_fanout.py`` (about 8 minutes on 2 cores; ``--quick``: smaller, ~3).
+``.venv/bin/python benchmarks/bench_fanout.py`` (about 6 minutes on 2 idle cores, 12 on a busy machine;
+``--quick``: smaller, about 3).
 """
 
 from __future__ import annotations
