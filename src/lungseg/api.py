@@ -149,8 +149,8 @@ class Segmenter:
         largest_components: int = 0,
         progress: bool = False,
     ) -> None:
-        from lungseg.inference.model import load_predictor
-        from lungseg.inference.predict import FLIPS, ensemble_mismatch
+        from lungseg.inference.model import load_ensemble
+        from lungseg.inference.predict import FLIPS
 
         paths = [model_paths] if isinstance(model_paths, (str, os.PathLike)) else list(model_paths)
         if not paths:
@@ -160,12 +160,7 @@ class Segmenter:
         if batch_size < 1 or largest_components < 0:
             raise ValueError("batch_size must be >= 1 and largest_components >= 0")
         self.model_paths = [Path(p) for p in paths]
-        models, metas = zip(*(load_predictor(p) for p in self.model_paths))
-        mismatch = ensemble_mismatch(metas)
-        if mismatch:
-            i, reason = mismatch
-            raise IngestError(self.model_paths[i], f"{reason} ({self.model_paths[0]})",
-                              "ensemble only models of one target and region of interest (the folds of one experiment)")
+        models, metas = load_ensemble(self.model_paths)
         self.models: list[torch.nn.Module] = [m.to(device) for m in models]
         self.metas: list[dict] = list(metas)
         self.device = device

@@ -22,9 +22,9 @@ import torch
 
 from lungseg.casefile import read_case
 from lungseg.geometry import Geometry, read_volume, write_volume
-from lungseg.inference.model import load_predictor
+from lungseg.inference.model import load_ensemble
 from lungseg.inference.postprocess import classical_lung_mask, keep_largest_components, restrict_to
-from lungseg.inference.predict import FLIPS, ensemble_mismatch, model_roi, predict_volume
+from lungseg.inference.predict import FLIPS, model_roi, predict_volume
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.scan import read_scan
 
@@ -105,12 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # fail fast on a wrong model or models that cannot be averaged, before reading the study
-    models, metas = zip(*(load_predictor(path) for path in args.model))
-    mismatch = ensemble_mismatch(metas)
-    if mismatch:
-        i, reason = mismatch
-        raise IngestError(args.model[i], f"{reason} ({args.model[0]})",
-                          "ensemble only models of one target and region of interest (the folds of one experiment)")
+    models, metas = load_ensemble(args.model)
     meta = metas[0]
     hu, geometry, name = _load_study(args.input)
     computed: dict[str, np.ndarray] = {}

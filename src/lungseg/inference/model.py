@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,17 @@ def load_predictor(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         return load_model(path, map_location="cpu")
     except ValueError as exc:
         raise IngestError(path, _diagnose(path, exc), FIX) from exc
+
+
+def load_ensemble(paths: Sequence[str | Path]) -> tuple[list[nn.Module], list[dict[str, Any]]]:
+    """The models of ``paths`` (one, or the folds of one experiment) with their metadata; an
+    IngestError naming the file when a model cannot be averaged with the first one."""
+    from lungseg.inference.predict import ensemble_mismatch
+
+    models, metas = zip(*(load_predictor(path) for path in paths))
+    mismatch = ensemble_mismatch(metas)
+    if mismatch:
+        i, reason = mismatch
+        raise IngestError(paths[i], f"{reason} ({paths[0]})",
+                          "ensemble only models of one target and region of interest (the folds of one experiment)")
+    return list(models), list(metas)
