@@ -7,11 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lungseg.training.models import MODELS, VGG16UNet, build_model, count_parameters, set_encoder_trainable
+from lungseg.training.models import MODELS, SPATIAL_DIMS, VGG16UNet, build_model, count_parameters, set_encoder_trainable
 from lungseg.training.pretrained import IMAGENET_GREY_MEAN, hub_checkpoint_path, load_vgg16_pretrained
 
 SMALL = {"unet": {"base_channels": 4, "depth": 3}, "vgg16_unet": {"base_channels": 4, "depth": 3},
-         "dense_unet": {"base_channels": 4, "depth": 3}}
+         "dense_unet": {"base_channels": 4, "depth": 3}, "unet3d": {"base_channels": 4, "depth": 3}}
+
+
+def image(arch: str, n: int, h: int, w: int) -> torch.Tensor:
+    """A random input batch of ``arch``: (n, 1, h, w), or (n, 1, 5, h, w) for 3-D architectures."""
+    return torch.randn(n, 1, h, w) if SPATIAL_DIMS[arch] == 2 else torch.randn(n, 1, 5, h, w)
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
@@ -23,10 +28,11 @@ def test_every_model_keeps_odd_input_sizes(arch: str, norm: str) -> None:
         return
     model = build_model(arch, norm=norm, **SMALL[arch]).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 1, 67, 93)).shape == (1, 1, 67, 93)
-        assert model(torch.randn(2, 1, 33, 16)).shape == (2, 1, 33, 16)
+        for n, h, w in ((1, 67, 93), (2, 33, 16)):
+            x = image(arch, n, h, w)
+            assert model(x).shape == (*x.shape[:1], 1, *x.shape[2:])
     with pytest.raises(ValueError, match="at least 8 pixels"):
-        model(torch.zeros(1, 1, 7, 40))
+        model(image(arch, 1, 7, 40))
 
 
 def test_parameter_counts_are_fixed() -> None:
@@ -38,6 +44,7 @@ def test_parameter_counts_are_fixed() -> None:
     assert count_parameters(vgg) == 24_900_353
     assert count_parameters(vgg.encoder) == 14_723_136 - 2 * 64 * 9  # vgg16_bn features with a grey first conv
     assert count_parameters(build_model("vgg16_unet", base_channels=8, depth=3)) == 168_929
+    assert count_parameters(build_model("unet3d", base_channels=8, depth=3)) == 331_993
 
 
 def test_vgg16_encoder_has_torchvision_layout() -> None:
@@ -59,7 +66,7 @@ def test_freeze_and_unfreeze_change_which_parameters_get_gradients(arch: str) ->
 
     def grads() -> tuple[set[bool], set[bool]]:
         model.zero_grad(set_to_none=True)
-        model(torch.randn(2, 1, 32, 32)).sum().backward()
+        model(image(arch, 2, 32, 32)).sum().backward()
         enc = {p.grad is not None for p in model.parameters() if id(p) in encoder}
         rest = {p.grad is not None for p in model.parameters() if id(p) not in encoder}
         return enc, rest

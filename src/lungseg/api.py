@@ -204,7 +204,7 @@ class Segmenter:
         scan = _as_scan(scan)
         computed: dict[str, np.ndarray] = {}  # the classical lung mask, computed at most once
         mask = predict_volume(self.models, self.metas, scan.hu, batch_size=self.batch_size, flips=self.flips,
-                              progress=self.progress, roi_mask=self._roi(scan, computed))
+                              progress=self.progress, roi_mask=self._roi(scan, computed), spacing=scan.geometry.spacing)
         if self.lung_mask is not None:
             mask = restrict_to(mask, self._region(self.lung_mask, scan, computed))
         if self.largest_components:

@@ -24,7 +24,7 @@ from lungseg.casefile import read_case
 from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.inference.model import load_ensemble
 from lungseg.inference.postprocess import classical_lung_mask, keep_largest_components, restrict_to
-from lungseg.inference.predict import FLIPS, model_roi, predict_volume
+from lungseg.inference.predict import FLIPS, model_roi, predict_probabilities
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.scan import read_scan
 
@@ -37,6 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="model file written by `lungseg train` (model.pt); repeat it for an ensemble: the mean of "
                              "the models' foreground probabilities is thresholded (same label and region of interest)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="mask volume to write (.nii.gz, .mha, ...)")
+    parser.add_argument("--probabilities", type=Path, default=None, metavar="PATH",
+                        help="also write the foreground probability map (uint8, round(255 p); the mask is p > 0.5 before "
+                             "post-processing), e.g. for an FROC analysis of nodule detections")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default: 16)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--flips", choices=list(FLIPS), default="none",
@@ -51,6 +54,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "ignored for models trained on whole slices")
     parser.add_argument("--largest-components", type=int, default=0, metavar="N",
                         help="keep only the N largest 3-D connected components (0 = keep all; 2 suits lungs)")
+
+
+def probability_bytes(probabilities: np.ndarray) -> np.ndarray:
+    """The probability map as written: uint8 ``round(255 p)`` (readers divide by 255)."""
+    return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _load_study(path: Path) -> tuple[np.ndarray, Geometry, str]:
@@ -111,12 +119,18 @@ def run(args: argparse.Namespace) -> int:
     computed: dict[str, np.ndarray] = {}
     roi_mask = _roi_mask(args, args.model[0], meta, hu, geometry, computed)
     start = time.perf_counter()
-    mask = predict_volume(list(models), list(metas), hu, batch_size=args.batch_size, flips=args.flips, roi_mask=roi_mask)
+    probabilities = predict_probabilities(list(models), list(metas), hu, batch_size=args.batch_size, flips=args.flips,
+                                          roi_mask=roi_mask, spacing=geometry.spacing)
     seconds = time.perf_counter() - start
+    mask = (probabilities > 0.5).astype(np.uint8)
     if args.lung_mask:
-        mask = restrict_to(mask, _region(args.lung_mask, hu, geometry, computed))
+        lung = _region(args.lung_mask, hu, geometry, computed)
+        mask = restrict_to(mask, lung)
+        probabilities = np.where(lung > 0, probabilities, np.float32(0))
     if args.largest_components:
         mask = keep_largest_components(mask, args.largest_components)
+    if args.probabilities is not None:
+        write_volume(str(args.probabilities), probability_bytes(probabilities), geometry)
     write_volume(str(args.output), mask, geometry)
     log.info("%s: %d slices of %dx%d, %d %s model(s) (roi %s), flips %s, %d threads: inference %.2f s (%.1f ms/slice); "
              "%d voxels -> %s", name, *hu.shape, len(models), meta.get("label", "?"), model_roi(meta)["mode"], args.flips,

@@ -9,6 +9,10 @@ Several models (an ensemble, e.g. the k models of a cross-validation) are averag
 space: per batch of slices, each model's probabilities (after its own flips, resized to the scan) are
 summed and divided by the number of models before the threshold. One model takes the same path and
 gives exactly its own probabilities, so its mask is the single-model mask.
+
+Patch models (trained with ``patch_size``; the model file's ``input`` is of kind ``patches``) are run by
+:mod:`lungseg.inference.sliding_window` over the whole scan, inside their region of interest grown by
+their margin; flips are applied to the whole volume and undone on the probabilities.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lungseg.inference.sliding_window import patch_model_probabilities
 from lungseg.training.dataset import roi_box
+from lungseg.training.models import SPATIAL_DIMS
+from lungseg.training.patches import dilate_region
 from lungseg.training.preprocess import _resize, to_model_input  # _resize: the one logits_to_mask uses
 
 #: flip mode -> tensor dims flipped in each view of an (N, C, H, W) batch (() = as is)
@@ -68,11 +75,18 @@ def ensemble_mismatch(metas: Sequence[dict]) -> tuple[int, str] | None:
     for i, meta in enumerate(metas[1:], start=1):
         if meta.get("label") != first.get("label"):
             return i, f"segments '{meta.get('label')}', but the first model segments '{first.get('label')}'"
+        if input_kind(meta) != input_kind(first):
+            return i, f"sees {input_kind(meta)}, but the first model sees {input_kind(first)}"
         roi = model_roi(meta)
         keys = ("mode", "label", "margin") if first_roi["mode"] == "crop" else ("mode", "label")
         if any(roi[k] != first_roi[k] for k in keys):
             return i, f"was trained with {_describe(roi)}, but the first model with {_describe(first_roi)}"
     return None
+
+
+def input_kind(meta: dict) -> str:
+    """``slices`` (whole slices resized to ``image_size``) or ``patches`` (sliding window)."""
+    return str((meta.get("input") or {}).get("kind", "slices"))
 
 
 def _describe(roi: dict) -> str:
@@ -91,9 +105,10 @@ def _as_ensemble(model: torch.nn.Module | Sequence[torch.nn.Module], meta: dict 
     mismatch = ensemble_mismatch(metas)
     if mismatch:
         raise ValueError(f"model {mismatch[0] + 1} of the ensemble {mismatch[1]}")
-    for m in models:  # outside inference mode, so that the weights stay usable with autograd afterwards
+    for m, meta in zip(models, metas):  # outside inference mode, so that the weights stay usable with autograd
         m.eval()
-        m.to(memory_format=torch.channels_last)  # NHWC: faster oneDNN convolutions on CPU, same results
+        if SPATIAL_DIMS.get(str(meta.get("arch")), 2) == 2:
+            m.to(memory_format=torch.channels_last)  # NHWC: faster oneDNN convolutions on CPU, same results
     return models, metas
 
 
@@ -106,14 +121,48 @@ def _probabilities(model: torch.nn.Module, meta: dict, hu_slices: np.ndarray, fl
     return _resize(torch.sigmoid(logits.detach().to(torch.float32)), tuple(hu_slices.shape[1:]), "bilinear")[:, 0]
 
 
+def _predict_patches(models: list[torch.nn.Module], metas: list[dict], hu: np.ndarray, out: np.ndarray,
+                     batch_size: int, flips: str, progress: bool, roi_mask: np.ndarray | None, threshold: float | None,
+                     spacing: tuple[float, ...] | None) -> np.ndarray:
+    """:func:`_predict` for patch models: each model's sliding window (per flipped view), averaged."""
+    roi = model_roi(metas[0])
+    region = None
+    if roi["mode"] != "none":
+        if roi_mask is None or roi_mask.shape != hu.shape:
+            raise ValueError(f"the model was trained inside a '{roi['label']}' region; give a mask of that region "
+                             f"on the scan's grid (shape {hu.shape})")
+        region = dilate_region(roi_mask, roi["margin"])
+        if not region.any():
+            return out
+    if spacing is None and any(m["input"].get("spacing_mm") is not None for m in metas):
+        raise ValueError("the model works at a fixed pixel size: give the scan's spacing (x, y, z mm)")
+    spacing = tuple(spacing) if spacing is not None else (1.0, 1.0, 1.0)
+    total = np.zeros(hu.shape, np.float32)
+    for model, meta in zip(models, metas):
+        for dims in FLIPS[flips]:
+            axes = tuple(d % 3 for d in dims)  # (z, y, x) volume: -1 = x, -2 = y
+            view = np.flip(hu, axes) if axes else hu
+            view_region = None if region is None else (np.flip(region, axes) if axes else region)
+            p = patch_model_probabilities(model, meta, np.ascontiguousarray(view), spacing,
+                                          None if view_region is None else np.ascontiguousarray(view_region),
+                                          batch_size, progress)
+            total += np.flip(p, axes) if axes else p
+    mean = total / (len(models) * len(FLIPS[flips]))
+    out[...] = mean if threshold is None else mean > threshold
+    return out
+
+
 @torch.inference_mode()
 def _predict(models: list[torch.nn.Module], metas: list[dict], hu: np.ndarray, out: np.ndarray, batch_size: int,
-             flips: str, progress: bool, roi_mask: np.ndarray | None, threshold: float | None) -> np.ndarray:
+             flips: str, progress: bool, roi_mask: np.ndarray | None, threshold: float | None,
+             spacing: tuple[float, ...] | None = None) -> np.ndarray:
     """Fill ``out`` (zeros, the volume's shape) with the models' mean probability, or with it thresholded."""
     if flips not in FLIPS:
         raise ValueError(f"unknown flip mode {flips!r}; valid: {', '.join(FLIPS)}")
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if input_kind(metas[0]) == "patches":  # the same for all models (checked by _as_ensemble)
+        return _predict_patches(models, metas, hu, out, batch_size, flips, progress, roi_mask, threshold, spacing)
     roi = model_roi(metas[0])  # the same for all models (checked by _as_ensemble)
     rows, cols = slice(None), slice(None)
     if roi["mode"] != "none":
@@ -151,12 +200,14 @@ def predict_probabilities(
     flips: str = "none",
     progress: bool = True,
     roi_mask: np.ndarray | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """float32 (z, y, x) foreground probability of a HU volume at its own size: of one model, or the mean of
     several models' (an ensemble, e.g. the folds of a cross-validation), each after its own test-time flips.
     Outside a ``crop`` model's box the probability is 0. See :func:`predict_volume` for ``roi_mask``."""
     models, metas = _as_ensemble(model, meta)
-    return _predict(models, metas, hu, np.zeros(hu.shape, np.float32), batch_size, flips, progress, roi_mask, None)
+    return _predict(models, metas, hu, np.zeros(hu.shape, np.float32), batch_size, flips, progress, roi_mask, None,
+                    spacing)
 
 
 def predict_volume(
@@ -168,6 +219,7 @@ def predict_volume(
     progress: bool = True,
     roi_mask: np.ndarray | None = None,
     threshold: float = 0.5,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """uint8 (z, y, x) mask of a HU volume, predicted slice by slice in batches, at the volume's own size:
     :func:`predict_probabilities` ``> threshold`` (one model or the mean of several).
@@ -177,4 +229,5 @@ def predict_volume(
     here, with ``roi_mask`` (on the volume's grid) standing in for that label.
     """
     models, metas = _as_ensemble(model, meta)
-    return _predict(models, metas, hu, np.zeros(hu.shape, np.uint8), batch_size, flips, progress, roi_mask, threshold)
+    return _predict(models, metas, hu, np.zeros(hu.shape, np.uint8), batch_size, flips, progress, roi_mask, threshold,
+                    spacing)

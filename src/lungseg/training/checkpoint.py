@@ -4,10 +4,14 @@ Model file format (only primitives and tensors)::
 
     {"format": "lungseg-model", "arch": str, "model_kwargs": dict, "label": str, "image_size": int,
      "hu_window": [lo, hi], "epoch": int, "val_dice": float, "state_dict": {name: tensor},
-     "roi": {"mode": "none" | "crop" | "mask", "label": str, "margin": int}}   # roi: optional
+     "roi": {"mode": "none" | "crop" | "mask", "label": str, "margin": int},   # optional
+     "input": {"kind": "slices"} | {"kind": "patches", "patch_size": [D, S, S], "context_slices": K,
+               "spacing_mm": float | None, "overlap": float}}                    # optional: slices
 
 ``roi`` says how training restricted slices to a region (crop to / mask outside a label's box);
 an inference step must apply the same to its input (``none`` = whole slices, the default).
+``input`` says what the network sees: whole slices resized to ``image_size`` (the default), or patches
+(:class:`lungseg.training.patches.PatchSpec`), predicted by sliding window inside the ROI grown by its margin.
 """
 
 from __future__ import annotations
@@ -86,12 +90,14 @@ def model_file_state(
     val_dice: float,
     roi: dict[str, Any] | None = None,
     gpus: int = 0,
+    input_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``model.pt`` dictionary for ``model`` (see the module docstring); ``gpus``: the GPUs its training
     ran on (all processes, 0 on CPU), for the GPU-hours of a comparison."""
     return {
         "gpus": int(gpus),
         "roi": dict(roi) if roi else {"mode": "none", "label": "", "margin": 0},
+        "input": dict(input_spec) if input_spec else {"kind": "slices"},
         "format": MODEL_FORMAT,
         "arch": str(arch),
         "model_kwargs": dict(model_kwargs),
@@ -128,5 +134,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     model.to(map_location).eval()
     meta = {k: state[k] for k in META_KEYS}
     meta["roi"] = dict(state.get("roi") or {"mode": "none", "label": "", "margin": 0})
+    meta["input"] = dict(state.get("input") or {"kind": "slices"})
     meta["hu_window"] = (float(meta["hu_window"][0]), float(meta["hu_window"][1]))
     return model, meta

@@ -60,7 +60,8 @@ def default_text(name: str) -> str:
     value = getattr(TrainConfig(), name)
     special = {"threads": "torch's choice", "fed_fractions": "equal", "pretrained": "none", "augment": "on",
                "sync_bn": "off", "deterministic": "off", "log_every": "0 = progress bar only", "mixup": "0 = off",
-               "oversample": "1 = plain shuffling"}
+               "oversample": "1 = plain shuffling",
+               "patch_size": "0 = whole slices", "patch_spacing": "each scan's own pixels"}
     if name in special:
         return special[name]
     if isinstance(value, tuple):
@@ -96,7 +97,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--metrics-out", type=Path, default=None, metavar="PATH", help="also copy metrics.csv here when done")
     add(io, "roi", "crop slices to the ROI label's box, or mask HU outside it, or none (whole slices)")
     add(io, "roi_label", "label defining the ROI", metavar="NAME")
-    add(io, "roi_margin", "pixels around the ROI box", type=int, metavar="PX")
+    add(io, "roi_margin", "pixels around the ROI box (patches: the ROI is dilated by PX at inference)", type=int,
+        metavar="PX")
+    pt = parser.add_argument_group("patches (small objects such as nodules: patch_size > 0)")
+    add(pt, "patch_size", "train on SxS patches at --patch-spacing instead of whole slices resized to --image-size; "
+                          "predict by sliding window", type=int, metavar="S")
+    add(pt, "patch_depth", "slices per patch of a 3-D architecture (unet3d)", type=int, metavar="D")
+    add(pt, "context_slices", "2.5-D: K neighbouring slices on each side as extra input channels", type=int, metavar="K")
+    add(pt, "patch_spacing", "in-plane pixel size in mm patches are resampled to (default: each scan's own)",
+        type=float, metavar="MM")
+    add(pt, "foreground_rate", "share of training patches centred on a foreground object", type=float, metavar="F")
+    add(pt, "patches_per_epoch", "training patches per epoch, all processes together", type=int, metavar="N")
+    add(pt, "overlap", "sliding-window overlap at inference (stored in the model file)", type=float, metavar="F")
     m = parser.add_argument_group("model")
     add(m, "arch", "architecture")
     add(m, "base_channels", "channels of the first level", type=int, metavar="N")

@@ -55,7 +55,8 @@ SWITCHES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 #: settings a checkpoint must share with the current config to be resumed in the same --out-dir
 RESUME_KEYS = ("arch", "base_channels", "depth", "norm", "label", "image_size", "hu_window", "roi", "roi_label",
-               "roi_margin", "mode", "optimizer", "local_epochs", "fed_partition", "fed_fractions")
+               "roi_margin", "patch_size", "patch_depth", "context_slices", "patch_spacing", "mode", "optimizer",
+               "local_epochs", "fed_partition", "fed_fractions")
 #: TrainConfig fields that are options of a hand run only, not keys of the workflow's train: section
 CLI_ONLY = ("device", "log_every")
 #: keys of the workflow's train: section that are not TrainConfig fields; allowed in a settings file, ignored
@@ -91,6 +92,13 @@ class TrainConfig:
     roi: str = "crop"  # none, crop (to the roi_label box) or mask (HU outside roi_label -> window low)
     roi_label: str = "lung"
     roi_margin: int = 8
+    patch_size: int = 0  # 0: whole slices resized to image_size; N: N x N patches at patch_spacing (small objects)
+    patch_depth: int = 1  # slices per patch of a 3-D architecture (unet3d)
+    context_slices: int = 0  # 2.5-D: this many neighbouring slices on each side as extra input channels
+    patch_spacing: float | None = None  # in-plane mm the patches are resampled to (None: each scan's own pixels)
+    foreground_rate: float = 0.33  # share of training patches centred on a foreground object (nnU-Net's 1/3)
+    patches_per_epoch: int = 512  # training patches drawn per epoch (all processes together)
+    overlap: float = 0.5  # sliding-window overlap of patch inference, stored in the model file
     epochs: int = 8
     batch_size: int = 8
     loss: str = "bce_dice"
@@ -138,11 +146,11 @@ class TrainConfig:
         for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(sorted(valid))}")
-        for name in ("base_channels", "depth", "image_size", "epochs", "batch_size", "local_epochs"):
+        for name in ("base_channels", "depth", "image_size", "epochs", "batch_size", "local_epochs", "patch_depth",
+                     "patches_per_epoch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size < 2**self.depth:
-            raise ValueError(f"image_size {self.image_size} is too small for depth {self.depth} (needs >= {2**self.depth})")
+        self._validate_input()
         if len(self.hu_window) != 2 or not float(self.hu_window[1]) > float(self.hu_window[0]):
             raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.lr_min <= self.lr:
@@ -161,8 +169,50 @@ class TrainConfig:
         if self.pretrained and self.arch != "vgg16_unet":
             raise ValueError(f"pretrained weights are only for arch vgg16_unet, not {self.arch}")
 
+    def _validate_input(self) -> None:
+        """Whole slices or patches, and which architecture takes which."""
+        from lungseg.training.models import SPATIAL_DIMS
+
+        side, what = (self.patch_size, "patch_size") if self.patches else (self.image_size, "image_size")
+        if side < 2**self.depth:
+            raise ValueError(f"{what} {side} is too small for depth {self.depth} (needs >= {2**self.depth})")
+        if self.patch_size < 0 or self.context_slices < 0:
+            raise ValueError(f"patch_size and context_slices must be >= 0, got {self.patch_size}, {self.context_slices}")
+        three_d = SPATIAL_DIMS[self.arch] == 3
+        if not self.patches and (three_d or self.context_slices or self.patch_depth != 1):
+            raise ValueError(f"{'arch ' + self.arch if three_d else 'context_slices / patch_depth'} needs patch "
+                             f"training: set patch_size (e.g. 64); whole slices are for 2-D architectures")
+        if three_d and self.context_slices:
+            raise ValueError("context_slices is for 2-D architectures (2.5-D input); a 3-D architecture sees "
+                             "patch_depth slices")
+        if not three_d and self.patch_depth != 1:
+            raise ValueError(f"patch_depth is for 3-D architectures (unet3d); {self.arch} takes one slice "
+                             f"(add neighbours as channels with context_slices)")
+        if self.patches and self.oversample != 1.0:
+            raise ValueError("oversample weighs whole slices; patch training centres foreground_rate of its "
+                             "patches on foreground instead (leave oversample at 1)")
+        if not 0.0 <= self.foreground_rate <= 1.0 or not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"need 0 <= foreground_rate <= 1 and 0 <= overlap < 1, got {self.foreground_rate}, "
+                             f"{self.overlap}")
+        if self.patch_spacing is not None and not self.patch_spacing > 0:
+            raise ValueError(f"patch_spacing must be > 0 mm (or null: each scan's own pixels), got {self.patch_spacing}")
+
+    @property
+    def patches(self) -> bool:
+        """Whether training uses patches (``patch_size > 0``) rather than whole slices."""
+        return self.patch_size > 0
+
+    def input_spec(self) -> dict[str, Any]:
+        """The network input as the model file records it (``input``; :mod:`lungseg.training.patches`)."""
+        if not self.patches:
+            return {"kind": "slices"}
+        return {"kind": "patches", "patch_size": [int(self.patch_depth), int(self.patch_size), int(self.patch_size)],
+                "context_slices": int(self.context_slices),
+                "spacing_mm": None if self.patch_spacing is None else float(self.patch_spacing),
+                "overlap": float(self.overlap)}
+
     def model_kwargs(self) -> dict[str, Any]:
-        return {"in_channels": 1, "out_channels": 1, "base_channels": int(self.base_channels),
+        return {"in_channels": 1 + 2 * int(self.context_slices), "out_channels": 1, "base_channels": int(self.base_channels),
                 "depth": int(self.depth), "norm": str(self.norm)}
 
     def as_dict(self) -> dict[str, Any]:

@@ -117,6 +117,10 @@ class SliceDataset(Dataset):
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
+    @property
+    def has_foreground(self) -> bool:
+        return bool(self.positive.any())
+
     def _inspect(self, path: str) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
         """Check that ``path`` is a case file with the label (and ROI label) on the image grid;
         return which slices have foreground, and the case's ROI box."""

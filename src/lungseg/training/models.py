@@ -8,7 +8,11 @@ any input size (odd sizes too; the decoder resizes to each skip's size):
 * ``vgg16_unet``: seed 000: the VGG16-BN feature extractor (torchvision's layer layout, so torchvision
   ImageNet weights load into it) as encoder with skip taps at its five stages, and a U-Net decoder.
 * ``dense_unet``: seed 001: a BatchNorm encoder and DenseNet-style blocks in the decoder.
+* ``unet3d``: a 3-D U-Net (Çiçek et al.) for patches ``(N, in_channels, D, H, W)``: 3x3x3 convolutions;
+  each pooling step halves depth, height and width while the depth allows it, else only height and
+  width (thick slices, shallow patches); trilinear upsampling in the decoder.
 
+:data:`SPATIAL_DIMS` says which take volumes (3) rather than slices (2).
 Every model exposes ``encoder`` (a module): :func:`set_encoder_trainable` freezes / unfreezes it.
 Adding an architecture is one line in :data:`MODELS` (keyword-only constructor).
 """
@@ -227,12 +231,70 @@ class DenseUNet(UNet):
         return DenseBlock(in_channels, out_channels, max(1, out_channels // 2), self.dense_layers, norm)
 
 
+class DoubleConv3d(nn.Sequential):
+    """(3x3x3 conv without bias -> norm -> ReLU) twice; keeps the spatial size."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+        def norm3d(channels: int) -> nn.Module:
+            return nn.BatchNorm3d(channels) if norm == "batch" else nn.GroupNorm(math.gcd(channels, 8), channels)
+
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False), norm3d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1, bias=False), norm3d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet3D(nn.Module):
+    """A 3-D U-Net for ``(N, C, D, H, W)`` patches, laid out as :class:`UNet` (``depth`` pooling steps,
+    ``base_channels * 2**i`` channels). Pooling halves D only while D >= 2 at that level, so shallow
+    patches of thick-slice scans work; the decoder upsamples trilinearly to each skip's size."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 16, depth: int = 3,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        _check_positive("UNet3D", in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                        depth=depth)
+        norm_layer(norm, 8)  # validates the name
+        self.depth = depth
+        channels = [base_channels * 2**i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList(
+            DoubleConv3d(in_channels if i == 0 else channels[i - 1], channels[i], norm) for i in range(depth))
+        self.bottleneck = DoubleConv3d(channels[depth - 1], channels[depth], norm)
+        levels = list(reversed(range(depth)))
+        self.reduce = nn.ModuleList(nn.Conv3d(channels[i + 1], channels[i], kernel_size=1) for i in levels)
+        self.decoder = nn.ModuleList(DoubleConv3d(2 * channels[i], channels[i], norm) for i in levels)
+        self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"UNet3D expects (N, C, D, H, W) input, got shape {tuple(x.shape)}")
+        if min(x.shape[-2:]) < 2**self.depth:
+            raise ValueError(f"UNet3D of depth {self.depth} needs patches of at least {2**self.depth} pixels per "
+                             f"side in-plane, got {tuple(x.shape[-3:])}")
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool3d(x, (2 if x.shape[2] >= 2 else 1, 2, 2))
+        x = self.bottleneck(x)
+        for reduce, block, skip in zip(self.reduce, self.decoder, reversed(skips)):
+            x = F.interpolate(reduce(x), size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = block(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
 #: architecture name -> constructor (keyword arguments only)
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "vgg16_unet": VGG16UNet,
     "dense_unet": DenseUNet,
+    "unet3d": UNet3D,
 }
+
+#: spatial dimensions of each architecture's input: 2 = slices / 2-D patches (N, C, H, W), 3 = volumes (N, C, D, H, W)
+SPATIAL_DIMS: dict[str, int] = {"unet": 2, "vgg16_unet": 2, "dense_unet": 2, "unet3d": 3}
 
 
 def build_model(arch: str, **kwargs: object) -> nn.Module:

@@ -56,8 +56,9 @@ from lungseg.training.distributed import (
     weighted_average_,
 )
 from lungseg.training.losses import dice_counts, dice_from_counts, fscore_sum, get_loss
-from lungseg.training.models import build_model, set_encoder_trainable
+from lungseg.training.models import SPATIAL_DIMS, build_model, set_encoder_trainable
 from lungseg.training.optim import build_optimizer, lr_at, set_lr
+from lungseg.training.patches import PatchDataset, PatchSpec
 from lungseg.training.preemption import StopRequest, TrainingInterrupted, record_stop
 from lungseg.training.pretrained import load_vgg16_pretrained
 from lungseg.training.sampling import SliceSampler, oversampling_weights, partition_clients
@@ -279,7 +280,10 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
     if config.sync_bn and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); leave it off on CPU")
     amp_dtype = _amp_dtype(config, device)
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
+    if config.channels_last == "on" and SPATIAL_DIMS[config.arch] == 3:
+        raise ValueError("--channels-last on is for 2-D architectures; use auto or off with unet3d")
+    channels_last = SPATIAL_DIMS[config.arch] == 2 and (
+        config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda"))
     ckpt_path, model_path, csv_path = out_dir / CHECKPOINT_NAME, out_dir / MODEL_NAME, out_dir / METRICS_NAME
 
     seed_everything(config.seed)  # identical initial weights on every rank
@@ -333,14 +337,13 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
         barrier()
         return model_path
 
-    roi = {"roi": config.roi, "roi_label": config.roi_label, "roi_margin": config.roi_margin}
-    train_ds = SliceDataset(train_cases, config.label, config.image_size, config.hu_window, augment=config.augment, **roi)
-    val_ds = SliceDataset(val_cases, config.label, config.image_size, config.hu_window, augment=False, **roi)
+    train_ds, val_ds = _datasets(config, train_cases, val_cases)
+    unit = "patches" if config.patches else "slices"
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"no slices to learn from: {len(train_ds)} training and {len(val_ds)} validation slices")
-    if not train_ds.positive.any():
+    if not train_ds.has_foreground:
         raise ValueError(
-            f"the training split has no slice with '{config.label}' foreground in any of its {len(train_cases)} "
+            f"the training split has no voxel of '{config.label}' foreground in any of its {len(train_cases)} "
             f"case(s) ({', '.join(Path(p).name for p in train_cases[:5])}{', ...' if len(train_cases) > 5 else ''}); "
             f"nothing to learn. Choose another --label, or a split whose training cases contain that label"
         )
@@ -348,12 +351,12 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
     ctx = _Ctx(config, env, device, model, optimizer, scaler, get_loss(config.loss), amp_dtype, channels_last,
                StopRequest(), out_dir, train_ds, val_loader, history, best_dice)
     if main:
-        log.info("training %s %s (%s) on %d slices (%d cases, %d with foreground), validating on %d slices (%d cases); "
-                 "%d process(es) on %s, batch %d per process, image %dx%d, epochs %d..%d, amp %s%s",
-                 config.arch, config.model_kwargs(), config.mode, len(train_ds), len(train_cases),
-                 int(train_ds.positive.sum()), len(val_ds), len(val_cases), env.world_size, device.type,
-                 config.batch_size, config.image_size, config.image_size, start_epoch + 1, config.epochs,
-                 amp_dtype or "off", ", channels_last" if channels_last else "")
+        log.info("training %s %s (%s) on %d %s per epoch (%d cases), validating on %d %s (%d cases); "
+                 "%d process(es) on %s, batch %d per process, input %s, epochs %d..%d, amp %s%s",
+                 config.arch, config.model_kwargs(), config.mode, len(train_ds), unit, len(train_cases),
+                 len(val_ds), unit, len(val_cases), env.world_size, device.type, config.batch_size,
+                 config.input_spec() if config.patches else f"{config.image_size}x{config.image_size}",
+                 start_epoch + 1, config.epochs, amp_dtype or "off", ", channels_last" if channels_last else "")
     with ctx.stop:
         if config.mode == "fedavg":
             _fit_fedavg(ctx, start_epoch, position, client, on_epoch_end)
@@ -366,6 +369,22 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
 
 
 # ---------------------------------------------------------------- shared pieces
+
+
+def _datasets(config: TrainConfig, train_cases: list[str], val_cases: list[str]) -> tuple[Any, Any]:
+    """Training and validation data: whole slices, or patches (a fixed validation set of
+    ``max(64, patches_per_epoch // 4)`` patches, drawn once with the run's seed)."""
+    roi = {"roi": config.roi, "roi_label": config.roi_label, "roi_margin": config.roi_margin}
+    if not config.patches:
+        return (SliceDataset(train_cases, config.label, config.image_size, config.hu_window, augment=config.augment, **roi),
+                SliceDataset(val_cases, config.label, config.image_size, config.hu_window, augment=False, **roi))
+    spec = PatchSpec.from_input(config.input_spec())
+    common = {"label": config.label, "spec": spec, "hu_window": config.hu_window,
+              "foreground_rate": config.foreground_rate, **roi, "seed": config.seed}
+    train_ds = PatchDataset(train_cases, n_items=config.patches_per_epoch, augment=config.augment, **common)
+    val_ds = PatchDataset(val_cases, n_items=max(64, config.patches_per_epoch // 4), augment=False, **common)
+    val_ds.set_epoch_seed(config.seed + 7919)  # the same validation patches in every epoch and every run
+    return train_ds, val_ds
 
 
 def _set_phase(ctx: _Ctx, epoch: int, wrap_ddp: bool) -> None:
@@ -487,7 +506,8 @@ def _finish_epoch(ctx: _Ctx, epoch_done: int, row: dict[str, float], checkpoint:
             ctx.model, arch=config.arch, model_kwargs=config.model_kwargs(), label=config.label,
             image_size=config.image_size, hu_window=config.hu_window, epoch=epoch_done, val_dice=row["val_dice"],
             roi={"mode": config.roi, "label": config.roi_label if config.roi != "none" else "",
-                 "margin": config.roi_margin if config.roi == "crop" else 0},
+                 "margin": config.roi_margin if config.roi == "crop" or config.patches else 0},
+            input_spec=config.input_spec(),
             gpus=ctx.env.world_size if ctx.device.type == "cuda" else 0))
     write_metrics_csv(ctx.out_dir / METRICS_NAME, ctx.history)
     _save(ctx, epoch_done, **checkpoint)

@@ -1,0 +1,297 @@
+"""Patch geometry and the patch training dataset: small objects (nodules) at the scan's own resolution.
+
+One implementation serves training and inference (:mod:`lungseg.inference.sliding_window`), so they
+cannot drift:
+
+* :class:`PatchSpec` is the ``input`` entry of a model file: ``patch_size`` ``[D, S, S]`` (D = 1 for
+  2-D architectures), ``context_slices`` (2.5-D: K slices on each side as extra channels),
+  ``spacing_mm`` (in-plane pixel size the slices are resampled to; ``None`` = each scan's own) and the
+  sliding-window ``overlap``.
+* :func:`resample_inplane` brings normalised slices to ``spacing_mm`` (bilinear; masks nearest).
+* :func:`crop` cuts a window out of a stack, padding outside the scan with 0 (= the HU window's low end).
+* :func:`dilate_region` grows a region of interest (the lung mask) by a margin in-plane: background
+  patches are drawn inside it, and inference only looks (and keeps foreground) inside it.
+
+:class:`PatchDataset` draws ``patches_per_epoch`` patches; item ``i`` of an epoch is a function of
+``(epoch seed, i)`` alone (its case is fixed, ``i mod n_cases``; centre and augmentation come from
+:func:`~lungseg.training.dataset.item_seed`), so resumed and multi-process runs see the same data as one
+uninterrupted run. A share ``foreground_rate`` of the patches is centred (with a jitter of up to a
+quarter patch) on a voxel of a randomly chosen foreground object (connected component: small nodules
+are drawn as often as large ones); the others on a random voxel of the dilated region of interest
+(the lungs: negatives where the confusers, vessels, are), or anywhere with ``roi: none``. A case without
+foreground gives region patches only, so the realised rate is ``foreground_rate`` times the share of
+cases with foreground.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from lungseg.casefile import open_case
+from lungseg.geometry import Geometry
+from lungseg.training.dataset import augment_pair, item_seed
+from lungseg.training.preprocess import normalize_hu
+
+#: foreground voxels kept per object, and region voxels per case, to draw centres from (memory bound)
+MAX_VOXELS = 4096
+_FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """How a patch network sees a scan (the model file's ``input`` of kind ``patches``)."""
+
+    depth: int  # slices per patch: 1 for 2-D architectures
+    size: int  # in-plane side S
+    context_slices: int = 0  # 2-D architectures: neighbours per side as channels
+    spacing_mm: float | None = None
+    overlap: float = 0.5
+
+    @classmethod
+    def from_input(cls, spec: dict[str, Any]) -> PatchSpec:
+        depth, size, size_x = (int(v) for v in spec["patch_size"])
+        if size != size_x:
+            raise ValueError(f"patches must be square in-plane, got patch_size {spec['patch_size']}")
+        spacing = spec.get("spacing_mm")
+        return cls(depth, size, int(spec.get("context_slices", 0)), None if spacing is None else float(spacing),
+                   float(spec.get("overlap", 0.5)))
+
+    @property
+    def volumetric(self) -> bool:
+        """3-D input ``(N, 1, D, S, S)`` rather than 2-D ``(N, 1 + 2K, S, S)``."""
+        return self.depth > 1
+
+    @property
+    def channels(self) -> int:
+        return 1 + 2 * self.context_slices
+
+
+def resampled_shape(hw: Sequence[int], spacing_yx: Sequence[float], target_mm: float | None) -> tuple[int, int]:
+    """In-plane size of slices of ``hw`` pixels of ``spacing_yx`` mm once resampled to ``target_mm``."""
+    if target_mm is None:
+        return int(hw[0]), int(hw[1])
+    return (max(1, round(hw[0] * float(spacing_yx[0]) / target_mm)),
+            max(1, round(hw[1] * float(spacing_yx[1]) / target_mm)))
+
+
+def resample_inplane(slices: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """``(N, H, W)`` -> ``(N, *size)``: bilinear for images, ``nearest`` for masks (no antialiasing: the
+    training and inference paths both call this, which is what matters)."""
+    if tuple(slices.shape[-2:]) == tuple(size):
+        return slices
+    x = slices[:, None].to(torch.float32)
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")[:, 0]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def crop(stack: torch.Tensor, y0: int, x0: int, size: int) -> torch.Tensor:
+    """``stack[..., y0:y0+size, x0:x0+size]``, zero-padded where the window leaves the stack."""
+    h, w = stack.shape[-2:]
+    ys, xs = slice(max(y0, 0), min(y0 + size, h)), slice(max(x0, 0), min(x0 + size, w))
+    out = stack.new_zeros((*stack.shape[:-2], size, size))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[..., ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0] = stack[..., ys, xs]
+    return out
+
+
+def dilate_region(region: np.ndarray, margin_px: int) -> np.ndarray:
+    """Boolean ``(z, y, x)`` region grown in-plane by ``margin_px`` pixels (Euclidean), slice by slice."""
+    region = np.asarray(region) > 0
+    if margin_px <= 0 or not region.any():
+        return region
+    out = np.zeros_like(region)
+    boxes = ndimage.find_objects(region.astype(np.uint8))[0]
+    zs = boxes[0]
+    ys = slice(max(boxes[1].start - margin_px, 0), boxes[1].stop + margin_px)
+    xs = slice(max(boxes[2].start - margin_px, 0), boxes[2].stop + margin_px)
+    for z in range(zs.start, zs.stop):
+        part = region[z, ys, xs]
+        if part.any():
+            out[z, ys, xs] = ndimage.distance_transform_edt(~part) <= margin_px
+    return out
+
+
+def context_indices(z: int, n_slices: int, spec: PatchSpec) -> np.ndarray:
+    """The slice indices one patch at (first) slice ``z`` reads, clamped to the scan (edge slices repeat):
+    ``z - K .. z + K`` for 2-D (K context slices), ``z .. z + D - 1`` for 3-D."""
+    offsets = np.arange(spec.depth) if spec.volumetric else np.arange(-spec.context_slices, spec.context_slices + 1)
+    return np.clip(z + offsets, 0, n_slices - 1)
+
+
+def read_slices(dataset: h5py.Dataset | np.ndarray, indices: np.ndarray, rows: slice = np.s_[:],
+                cols: slice = np.s_[:]) -> np.ndarray:
+    """``dataset[indices, rows, cols]`` for sorted indices with repeats (h5py reads each slice once)."""
+    unique, inverse = np.unique(indices, return_inverse=True)
+    part = dataset[unique.tolist() if isinstance(dataset, h5py.Dataset) else unique, rows, cols]
+    return np.asarray(part)[inverse]
+
+
+@dataclass
+class _Case:
+    shape: tuple[int, int, int]
+    spacing_yx: tuple[float, float]
+    objects: list[np.ndarray]  # per foreground component: (n, 3) voxel indices (subsampled)
+    region: np.ndarray | None  # (n, 3) voxel indices of the dilated region of interest, or None = anywhere
+
+
+class PatchDataset(Dataset):
+    """``n_items`` training patches per epoch over ``case_paths``: ``(image, mask)`` float32 tensors of
+    ``(1 + 2K, S, S)`` / ``(1, S, S)`` (2-D; the mask of the middle slice) or ``(1, D, S, S)`` both (3-D).
+
+    ``roi`` (``crop`` or ``mask``) with ``roi_label``: background centres are drawn inside that label
+    dilated by ``roi_margin`` pixels; ``mask`` also sets HU outside the dilated label to the window's
+    low end (as inference does). HDF5 handles open lazily per process and are never pickled.
+    """
+
+    def __init__(self, case_paths: Sequence[str | Path], label: str, spec: PatchSpec, hu_window: Sequence[float],
+                 n_items: int, foreground_rate: float, augment: bool = False, roi: str = "none",
+                 roi_label: str = "lung", roi_margin: int = 8, seed: int = 0) -> None:
+        self.case_paths = [str(p) for p in case_paths]
+        if not self.case_paths:
+            raise ValueError("no case files given")
+        self.label, self.spec = label, spec
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
+        self.foreground_rate, self.augment = float(foreground_rate), augment
+        self.roi, self.roi_label, self.roi_margin = roi, roi_label, int(roi_margin)
+        self.cases = [self._inspect(path, seed) for path in self.case_paths]
+        cases = np.arange(int(n_items)) % len(self.case_paths)
+        self.index = np.stack([cases, np.arange(int(n_items))], axis=1).astype(np.int64)
+        self.positive = np.zeros(int(n_items), dtype=bool)  # no slice weights: the rate is drawn per item
+        self.epoch_seed = 0
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    @property
+    def has_foreground(self) -> bool:
+        return any(case.objects for case in self.cases)
+
+    def _inspect(self, path: str, seed: int) -> _Case:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"case file not found: {path}")
+        rng = np.random.default_rng(seed)
+        with open_case(path) as f:
+            labels = sorted(f["labels"].keys()) if "labels" in f else []
+            needed = [self.label] + ([self.roi_label] if self.roi != "none" else [])
+            for name in needed:
+                if name not in labels:
+                    raise ValueError(f"case file {path} has no label '{name}' (it has: {', '.join(labels) or 'no labels'}); "
+                                     f"choose one of those with --label/--roi-label, or ingest the case with that label"
+                                     + (", or use --roi none" if name == self.roi_label and name != self.label else ""))
+                if f["labels"][name].shape != f["image"].shape:
+                    raise ValueError(f"case file {path}: label '{name}' has shape {f['labels'][name].shape}, "
+                                     f"image has {f['image'].shape}")
+            spacing = Geometry.from_attrs(f.attrs).spacing
+            target = f["labels"][self.label][()] > 0
+            components, n = ndimage.label(target, structure=_FULL)
+            objects = []
+            for i, box in enumerate(ndimage.find_objects(components), start=1):
+                voxels = np.argwhere(components[box] == i) + [s.start for s in box]
+                objects.append(_subsample(voxels, rng))
+            region = None
+            if self.roi != "none":
+                grown = dilate_region(f["labels"][self.roi_label][()], self.roi_margin)
+                if not grown.any():
+                    raise ValueError(f"case file {path}: ROI label '{self.roi_label}' is empty, no region to draw "
+                                     f"patches from; use roi none, or check the case's {self.roi_label} label")
+                region = _subsample(np.argwhere(grown), rng)
+            return _Case(tuple(int(v) for v in f["image"].shape), (float(spacing[1]), float(spacing[0])), objects, region)
+
+    def _file(self, case_idx: int) -> h5py.File:
+        if os.getpid() != self._pid:
+            self._handles, self._pid = {}, os.getpid()
+        f = self._handles.get(case_idx)
+        if f is None:
+            f = self._handles[case_idx] = open_case(self.case_paths[case_idx])
+        return f
+
+    def set_epoch_seed(self, seed: int) -> None:
+        self.epoch_seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def centre(self, i: int) -> tuple[int, tuple[int, int, int], bool]:
+        """``(case index, centre voxel (z, y, x), foreground-centred?)`` of item ``i`` this epoch."""
+        case_idx = int(self.index[i, 0])
+        case = self.cases[case_idx]
+        rng = np.random.default_rng(item_seed(self.epoch_seed, i))
+        foreground = bool(rng.random() < self.foreground_rate) and bool(case.objects)
+        if foreground:
+            voxels = case.objects[int(rng.integers(len(case.objects)))]
+            z, y, x = voxels[int(rng.integers(len(voxels)))]
+            jitter = self.spec.size // 4
+            y, x = y + int(rng.integers(-jitter, jitter + 1)), x + int(rng.integers(-jitter, jitter + 1))
+            if self.spec.volumetric:
+                z = z + int(rng.integers(-(self.spec.depth // 4), self.spec.depth // 4 + 1))
+        elif case.region is not None:
+            z, y, x = case.region[int(rng.integers(len(case.region)))]
+        else:
+            z, y, x = (int(rng.integers(n)) for n in case.shape)
+        return case_idx, (int(z), int(y), int(x)), foreground
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        case_idx, (z, y, x), _ = self.centre(i)
+        case, f, spec = self.cases[case_idx], self._file(case_idx), self.spec
+        first = z - spec.depth // 2 if spec.volumetric else z
+        zs = context_indices(first, case.shape[0], spec)
+        target_zs = zs if spec.volumetric else zs[spec.context_slices: spec.context_slices + 1]
+        size = resampled_shape(case.shape[1:], case.spacing_yx, spec.spacing_mm)
+        cy = round((y + 0.5) * size[0] / case.shape[1] - 0.5)
+        cx = round((x + 0.5) * size[1] / case.shape[2] - 0.5)
+        y0, x0 = cy - spec.size // 2, cx - spec.size // 2
+        # at the scan's own pixels only the window is read (the same pixels as crop() of whole slices)
+        native = size == case.shape[1:]
+        rows = np.s_[max(y0, 0):max(y0 + spec.size, 0)] if native else np.s_[:]
+        cols = np.s_[max(x0, 0):max(x0 + spec.size, 0)] if native else np.s_[:]
+        hu = read_slices(f["image"], zs, rows, cols)
+        label = read_slices(f["labels"][self.label], target_zs, rows, cols) > 0
+        if self.roi == "mask":
+            keep = dilate_region(read_slices(f["labels"][self.roi_label], zs), self.roi_margin)[:, rows, cols]
+            hu = np.where(keep, hu, np.int16(self.hu_window[0]))
+        image = normalize_hu(torch.from_numpy(np.ascontiguousarray(hu)), self.hu_window)
+        mask = torch.from_numpy(label.astype(np.float32))
+        if native:
+            y0, x0 = min(y0, 0), min(x0, 0)  # the window relative to what was read
+        else:
+            image, mask = resample_inplane(image, size), resample_inplane(mask, size, "nearest")
+        image, mask = crop(image, y0, x0, spec.size), crop(mask, y0, x0, spec.size)
+        if self.augment:
+            generator = torch.Generator().manual_seed(item_seed(self.epoch_seed, i) ^ 0x5DEECE66D)
+            image, mask = augment_pair(image, mask, generator=generator)
+        if spec.volumetric:
+            return image[None].contiguous(), mask[None].contiguous()
+        return image.contiguous(), mask.contiguous()
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            for f in self._handles.values():
+                f.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _subsample(voxels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if len(voxels) <= MAX_VOXELS:
+        return voxels.astype(np.int32)
+    return voxels[np.sort(rng.choice(len(voxels), MAX_VOXELS, replace=False))].astype(np.int32)
