@@ -59,6 +59,7 @@ def test_case_ids_and_layout(small_cases):
         assert case.case_dir.name == case.case_id
         assert len(list(case.dicom_dir.glob("*.dcm"))) == SMALL["n_slices"]
         assert case.lung_path.is_file() and case.nodule_path.is_file()
+        assert case.nodules_path == case.case_dir / "labels" / "nodules.json" and case.nodules_path.is_file()
         # nothing half-written or left over next to the case
         assert not [p for p in case.case_dir.parent.iterdir() if p.name.startswith(".")]
 

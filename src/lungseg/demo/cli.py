@@ -9,8 +9,10 @@ import argparse
 from pathlib import Path
 
 from lungseg.demo.cohort import demo_case_ids, write_demo_cohort
+from lungseg.demo.phantom import NODULE_EDGES, NODULE_KINDS, NODULE_POSITIONS, NoduleSettings
 
 DEFAULT_SEED = 2026
+_NODULES = NoduleSettings()  # the defaults: the cohort as it has always been drawn
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,59 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"cohort seed (default {DEFAULT_SEED})")
     parser.add_argument("--slices", type=int, default=48, help="slices per case (default 48)")
     parser.add_argument("--size", type=int, default=256, help="rows and columns per slice (default 256)")
+    parser.add_argument(
+        "--nodules-per-case", type=int, nargs=2, metavar=("MIN", "MAX"), default=list(_NODULES.per_case),
+        help="number of nodules drawn per case, uniformly from MIN to MAX inclusive (a case gets fewer when "
+             f"there is no room left) (default {_NODULES.per_case[0]} {_NODULES.per_case[1]})",
+    )
+    parser.add_argument(
+        "--nodule-diameter-mm", type=float, nargs=2, metavar=("MIN", "MAX"), default=list(_NODULES.diameter_mm),
+        help="nodule diameters (mm), drawn uniformly from MIN to MAX "
+             f"(default {_NODULES.diameter_mm[0]:g} {_NODULES.diameter_mm[1]:g})",
+    )
+    parser.add_argument(
+        "--nodule-kinds", nargs="+", metavar="KIND", default=list(_NODULES.kinds),
+        help=f"nodule kinds to draw, comma- or space-separated, from {', '.join(NODULE_KINDS)} "
+             "(solid: soft tissue; part_solid: ground glass around a solid core; ground_glass: -750..-450 HU) "
+             f"(default {','.join(_NODULES.kinds)})",
+    )
+    parser.add_argument(
+        "--nodule-positions", nargs="+", metavar="POSITION", default=list(_NODULES.positions),
+        help=f"nodule positions to draw, comma- or space-separated, from {', '.join(NODULE_POSITIONS)} "
+             "(juxta_pleural: touching the chest wall; juxta_vascular: abutting a vessel) "
+             f"(default {','.join(_NODULES.positions)})",
+    )
+    parser.add_argument(
+        "--nodule-edges", metavar="EDGES", default=_NODULES.edges,
+        help=f"nodule edges: {' or '.join(NODULE_EDGES)} (partial_volume: each voxel painted by the fraction of "
+             "it the nodule covers, the label is the voxels at least half covered) "
+             f"(default {_NODULES.edges})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _names(values: list[str]) -> tuple[str, ...]:
+    """``["a,b", "c"]`` -> ``("a", "b", "c")``."""
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
+
+
+def nodule_settings(args: argparse.Namespace) -> NoduleSettings:
+    """The :class:`NoduleSettings` of the options; a bad value exits with one line naming its option."""
+    options = [
+        ("--nodules-per-case", {"per_case": tuple(args.nodules_per_case)}),
+        ("--nodule-diameter-mm", {"diameter_mm": tuple(args.nodule_diameter_mm)}),
+        ("--nodule-kinds", {"kinds": _names(args.nodule_kinds)}),
+        ("--nodule-positions", {"positions": _names(args.nodule_positions)}),
+        ("--nodule-edges", {"edges": args.nodule_edges}),
+    ]
+    chosen: dict = {}
+    for option, value in options:
+        try:
+            NoduleSettings(**value)  # this option alone, against the defaults
+        except ValueError as exc:
+            raise SystemExit(f"lungseg demo-cohort: {option}: {exc}") from None
+        chosen.update(value)
+    return NoduleSettings(**chosen)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,11 +85,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("lungseg demo-cohort: --seed must be >= 0")
     if args.cases is None and args.n_cases < 1:
         raise SystemExit("lungseg demo-cohort: --n-cases must be >= 1")
+    settings = nodule_settings(args)
     case_ids = args.cases if args.cases is not None else demo_case_ids(args.n_cases)
     try:
         cases = write_demo_cohort(
             args.out, len(case_ids), args.seed, n_slices=args.slices, size=args.size,
-            case_ids=case_ids, progress=not args.no_progress and len(case_ids) > 1,
+            case_ids=case_ids, progress=not args.no_progress and len(case_ids) > 1, nodule_settings=settings,
         )
     except ValueError as exc:
         raise SystemExit(f"lungseg demo-cohort: {exc}") from exc

@@ -5,6 +5,7 @@ Layout, per case::
     <out_root>/<case_id>/dicom/<random hex>.dcm    one CT slice per file
     <out_root>/<case_id>/labels/lung.nii.gz        uint8, 1 = right lung, 2 = left lung
     <out_root>/<case_id>/labels/nodule.nii.gz      uint8, 0/1
+    <out_root>/<case_id>/labels/nodules.json       the nodules: centre_zyx, diameter_mm, kind, position, side
 
 Everything about a case (anatomy, grid, storage, UIDs, file names, identity) derives from
 ``(seed, case_id)`` only, so cases can be written in any order, in parallel, or one at a time.
@@ -14,6 +15,7 @@ A case is written into a hidden sibling folder and renamed into place when compl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lungseg.demo.dicom_writer import PatientIdentity, write_ct_series
-from lungseg.demo.phantom import Nodule, Phantom, make_phantom
+from lungseg.demo.phantom import Nodule, NoduleSettings, Phantom, draw_nodule_count, make_phantom
 from lungseg.geometry import Geometry, write_volume
 
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -42,6 +44,7 @@ class DemoCase:
     dicom_dir: Path
     lung_path: Path
     nodule_path: Path
+    nodules_path: Path  # labels/nodules.json
     geometry: Geometry
     shape: tuple[int, int, int]  # (z, y, x)
     identity: PatientIdentity
@@ -113,8 +116,13 @@ class DemoScan:
     rng: np.random.Generator
 
 
-def generate_demo_scan(case_id: str, seed: int, n_slices: int = 48, size: int = 256) -> DemoScan:
-    """Draw one case's grid, storage, numbering and phantom from ``(seed, case_id)``."""
+def generate_demo_scan(
+    case_id: str, seed: int, n_slices: int = 48, size: int = 256, nodule_settings: NoduleSettings | None = None
+) -> DemoScan:
+    """Draw one case's grid, storage, numbering and phantom from ``(seed, case_id)``.
+
+    ``nodule_settings`` (default :class:`NoduleSettings()`, the cohort as it always was) sets the nodules.
+    """
     if not CASE_ID_PATTERN.fullmatch(case_id):
         raise ValueError(f"invalid case id {case_id!r}: use letters, digits, '_', '-', '.'")
     if n_slices < 4 or size < 32:
@@ -131,15 +139,19 @@ def generate_demo_scan(case_id: str, seed: int, n_slices: int = 48, size: int = 
     )
     storage = str(rng.choice(["signed", "unsigned"]))
     descending = bool(rng.random() < 0.5)
-    n_nodules = int(rng.integers(0, 4))
+    settings = nodule_settings if nodule_settings is not None else NoduleSettings()
+    n_nodules = draw_nodule_count(rng, settings)
     geometry = Geometry(spacing=(pixel, pixel, slice_spacing), origin=origin, direction=IDENTITY_DIRECTION)
-    phantom = make_phantom(rng, n_slices, size, geometry.spacing, n_nodules=n_nodules)
+    phantom = make_phantom(rng, n_slices, size, geometry.spacing, n_nodules=n_nodules, nodule_settings=settings)
     return DemoScan(case_id, phantom, geometry, storage, descending, demo_identity(case_id, seed), rng)
 
 
-def write_demo_case(case_id: str, out_root: Path, seed: int, n_slices: int = 48, size: int = 256) -> DemoCase:
+def write_demo_case(
+    case_id: str, out_root: Path, seed: int, n_slices: int = 48, size: int = 256,
+    nodule_settings: NoduleSettings | None = None,
+) -> DemoCase:
     """Generate one case and write it to ``out_root/<case_id>`` (replacing any previous version)."""
-    scan = generate_demo_scan(case_id, seed, n_slices=n_slices, size=size)
+    scan = generate_demo_scan(case_id, seed, n_slices=n_slices, size=size, nodule_settings=nodule_settings)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / case_id
@@ -152,6 +164,7 @@ def write_demo_case(case_id: str, out_root: Path, seed: int, n_slices: int = 48,
         )
         write_volume(str(tmp / "labels" / "lung.nii.gz"), scan.phantom.lung, scan.geometry)
         write_volume(str(tmp / "labels" / "nodule.nii.gz"), scan.phantom.nodule, scan.geometry)
+        (tmp / "labels" / "nodules.json").write_text(nodules_json(scan.phantom.nodules))
         _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -162,6 +175,7 @@ def write_demo_case(case_id: str, out_root: Path, seed: int, n_slices: int = 48,
         dicom_dir=final / "dicom",
         lung_path=final / "labels" / "lung.nii.gz",
         nodule_path=final / "labels" / "nodule.nii.gz",
+        nodules_path=final / "labels" / "nodules.json",
         geometry=scan.geometry,
         shape=scan.phantom.hu.shape,
         identity=scan.identity,
@@ -169,6 +183,16 @@ def write_demo_case(case_id: str, out_root: Path, seed: int, n_slices: int = 48,
         storage=scan.storage,
         descending_instances=scan.descending_instances,
     )
+
+
+def nodules_json(nodules: Sequence[Nodule]) -> str:
+    """The ``labels/nodules.json`` sidecar: a list of ``{center_zyx, diameter_mm, kind, position, side}``.
+
+    ``center_zyx`` is the continuous ``(z, y, x)`` voxel index of the centre in the label volume.
+    """
+    if not nodules:
+        return "[]\n"
+    return "[\n" + ",\n".join(" " + json.dumps(n.as_dict()) for n in nodules) + "\n]\n"  # one nodule a line
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -195,10 +219,11 @@ def write_demo_cohort(
     *,
     case_ids: Sequence[str] | None = None,
     progress: bool = True,
+    nodule_settings: NoduleSettings | None = None,
 ) -> list[DemoCase]:
     """Write ``case_ids`` (default: ``demo_case_ids(n_cases)``) under ``out_root``, with a progress bar."""
     ids = list(case_ids) if case_ids is not None else demo_case_ids(n_cases)
     return [
-        write_demo_case(case_id, out_root, seed, n_slices=n_slices, size=size)
+        write_demo_case(case_id, out_root, seed, n_slices=n_slices, size=size, nodule_settings=nodule_settings)
         for case_id in tqdm(ids, desc="demo cases", unit="case", disable=not progress)
     ]

@@ -9,6 +9,12 @@ head (slice 0 is the most inferior).
 
 Labels: ``lung`` 1 = right lung, 2 = left lung (vessels and nodules inside the lung are lung;
 airway lumen and wall are not); ``nodule`` 0/1, always inside the lung label.
+
+Nodules (:class:`NoduleSettings`; the defaults draw today's cohort): kinds ``solid`` (soft tissue),
+``part_solid`` (ground glass around a solid core of 30-70% of the diameter, eccentric allowed) and
+``ground_glass`` (about -750..-450 HU with a faint texture); positions ``isolated`` (in the
+parenchyma), ``juxta_pleural`` (touching the chest wall, cut by the lung edge) and ``juxta_vascular``
+(abutting a vessel of the pulmonary tree). The label is the whole nodule, ground glass included.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from lungseg.demo.shapes import Grid, ellipse, lobulated_blob, tube
+from lungseg.demo.shapes import Grid, LobulatedShape, ellipse, tube
 from lungseg.demo.vessels import vessel_tree
 
 HU_MIN, HU_MAX = -1024, 3071
@@ -29,14 +35,92 @@ CAVITY_POWER = 2.3  # thoracic cavity and body are super-ellipses, boxier than e
 VESSEL_TARGETS = 300  # end points per lung vessel tree
 
 
+NODULE_KINDS = ("solid", "part_solid", "ground_glass")
+NODULE_POSITIONS = ("isolated", "juxta_pleural", "juxta_vascular")
+NODULE_EDGES = ("hard", "partial_volume")
+# relative frequencies among the enabled kinds / positions, drawn in this order (one uniform draw each,
+# only when more than one is enabled): with the default positions, juxta-pleural is ``u < 0.4`` as it always was
+KIND_WEIGHTS = {"solid": 4.0, "part_solid": 3.0, "ground_glass": 3.0}
+POSITION_WEIGHTS = {"juxta_pleural": 2.0, "juxta_vascular": 2.0, "isolated": 3.0}
+SOLID_HU = (20.0, 60.0)  # solid nodules
+CORE_HU = (10.0, 60.0)  # solid core of a part-solid nodule
+GGO_HU = (-750.0, -450.0)  # ground glass, pure or around a core
+CORE_FRACTION = (0.3, 0.7)  # core diameter / nodule diameter
+GGO_TEXTURE_HU = (15.0, 35.0)  # standard deviation of the ground-glass texture
+GGO_EDGE_FADE = 0.3  # ground glass fades by this fraction towards its edge (fainter margins)
+MAX_NODULES_PER_CASE = 50
+
+
+@dataclass(frozen=True)
+class NoduleSettings:
+    """How many nodules of which kinds, positions and sizes a phantom gets. The defaults are today's cohort.
+
+    ``per_case`` and ``diameter_mm`` are inclusive ``(min, max)`` ranges (count drawn uniformly among the
+    integers, diameter uniformly in mm); ``edges`` ``"hard"`` paints voxels whose centre is inside the
+    nodule (the scanner blur is in-plane only), ``"partial_volume"`` paints each voxel with the fraction of
+    it that the nodule covers (sub-voxel sampling, along z too) and labels the voxels at least half covered.
+    ``gap_mm`` is the least free space between two nodules of a case.
+    """
+
+    per_case: tuple[int, int] = (0, 3)
+    diameter_mm: tuple[float, float] = (3.0, 25.0)
+    kinds: tuple[str, ...] = ("solid",)
+    positions: tuple[str, ...] = ("isolated", "juxta_pleural")
+    edges: str = "hard"
+    gap_mm: float = 5.0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.per_case
+        if int(lo) != lo or int(hi) != hi:
+            raise ValueError(f"nodules per case must be whole numbers, got {lo} {hi}")
+        if lo > hi:
+            raise ValueError(f"MIN {lo} is greater than MAX {hi}")
+        if not 0 <= lo <= hi <= MAX_NODULES_PER_CASE:
+            raise ValueError(f"nodules per case must be within 0-{MAX_NODULES_PER_CASE}, got {lo} {hi}")
+        dlo, dhi = (float(v) for v in self.diameter_mm)
+        if dlo > dhi:
+            raise ValueError(f"MIN {dlo:g} mm is greater than MAX {dhi:g} mm")
+        if not 1.0 <= dlo <= dhi <= 60.0:
+            raise ValueError(f"nodule diameters must be within 1-60 mm, got {dlo:g} {dhi:g}")
+        object.__setattr__(self, "per_case", (int(lo), int(hi)))
+        object.__setattr__(self, "diameter_mm", (dlo, dhi))
+        object.__setattr__(self, "kinds", _canonical("kind", self.kinds, NODULE_KINDS))
+        object.__setattr__(self, "positions", _canonical("position", self.positions, NODULE_POSITIONS))
+        if self.edges not in NODULE_EDGES:
+            raise ValueError(f"unknown nodule edges {self.edges!r}: use one of {', '.join(NODULE_EDGES)}")
+        if not 0.0 <= self.gap_mm <= 50.0:
+            raise ValueError(f"nodule gap must be 0-50 mm, got {self.gap_mm:g}")
+
+
+def _canonical(what: str, values, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """``values`` in the order of ``allowed`` (so the order given does not change the draws)."""
+    values = (values,) if isinstance(values, str) else tuple(values)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown nodule {what} {unknown[0]!r}: use {', '.join(allowed)}")
+    if not values:
+        raise ValueError(f"no nodule {what} given: use one or more of {', '.join(allowed)}")
+    return tuple(v for v in allowed if v in values)
+
+
 @dataclass(frozen=True)
 class Nodule:
-    """One nodule: centre as continuous ``(z, y, x)`` voxel index, size, and position kind."""
+    """One nodule: centre as continuous ``(z, y, x)`` voxel index, size, lung, kind and position."""
 
     center_zyx: tuple[float, float, float]
     diameter_mm: float
-    juxta_pleural: bool
     side: int  # 1 = right lung, 2 = left lung
+    kind: str = "solid"  # one of NODULE_KINDS
+    position: str = "isolated"  # one of NODULE_POSITIONS
+
+    @property
+    def juxta_pleural(self) -> bool:
+        return self.position == "juxta_pleural"
+
+    def as_dict(self) -> dict:
+        """The JSON record: ``center_zyx``, ``diameter_mm``, ``kind``, ``position``, ``side``."""
+        return {"center_zyx": list(self.center_zyx), "diameter_mm": self.diameter_mm, "kind": self.kind,
+                "position": self.position, "side": self.side}
 
 
 @dataclass
@@ -45,6 +129,7 @@ class Phantom:
     lung: np.ndarray  # uint8, 0 / 1 right / 2 left
     nodule: np.ndarray  # uint8, 0 / 1
     nodules: list[Nodule] = field(default_factory=list)
+    nodules_requested: int = 0  # drawn count; ``len(nodules)`` is fewer when there was no room left
 
 
 @dataclass(frozen=True)
@@ -88,8 +173,14 @@ def make_phantom(
     spacing_xyz: tuple[float, float, float],
     *,
     n_nodules: int | None = None,
+    nodule_settings: NoduleSettings | None = None,
 ) -> Phantom:
-    """Draw one synthetic chest CT of ``n_slices`` x ``size`` x ``size`` voxels (0-3 nodules unless given)."""
+    """Draw one synthetic chest CT of ``n_slices`` x ``size`` x ``size`` voxels.
+
+    ``n_nodules`` nodules (default: drawn from ``nodule_settings.per_case``) of the kinds, positions and
+    sizes of ``nodule_settings`` (default :class:`NoduleSettings()`: 0-3 solid nodules of 3-25 mm).
+    """
+    settings = nodule_settings if nodule_settings is not None else NoduleSettings()
     grid = Grid((n_slices, size, size), tuple(float(s) for s in spacing_xyz))
     a = _draw_anatomy(rng, grid)
     hu = np.full(grid.shape, AIR, dtype=np.float32)
@@ -104,13 +195,19 @@ def make_phantom(
     hu[inside] = np.broadcast_to(a.lung_hu + 45.0 * gravity, grid.shape)[inside]
     _paint_vessels(hu, grid, rng, a, lung)
     if n_nodules is None:
-        n_nodules = int(rng.integers(0, 4))
-    nodule, nodules = _paint_nodules(hu, grid, rng, lung, cavity, n_nodules)
+        n_nodules = draw_nodule_count(rng, settings)
+    nodule, nodules = _paint_nodules(hu, grid, rng, lung, cavity, n_nodules, settings)
     _paint_airway(hu, grid, a)
     hu = ndimage.gaussian_filter(hu, sigma=(0.0, 0.6, 0.6))  # scanner blur / partial volume
     hu += rng.standard_normal(grid.shape, dtype=np.float32) * np.float32(a.noise)
     hu = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
-    return Phantom(hu=hu, lung=lung, nodule=nodule, nodules=nodules)
+    return Phantom(hu=hu, lung=lung, nodule=nodule, nodules=nodules, nodules_requested=n_nodules)
+
+
+def draw_nodule_count(rng: np.random.Generator, settings: NoduleSettings) -> int:
+    """The number of nodules of one case (the defaults draw ``rng.integers(0, 4)``, as always)."""
+    lo, hi = settings.per_case
+    return int(rng.integers(lo, hi + 1))
 
 
 def _draw_anatomy(rng: np.random.Generator, grid: Grid) -> _Anatomy:
@@ -380,9 +477,16 @@ def _paint_vessels(hu: np.ndarray, grid: Grid, rng: np.random.Generator, a: _Ana
 
 
 def _paint_nodules(
-    hu: np.ndarray, grid: Grid, rng: np.random.Generator, lung: np.ndarray, cavity: np.ndarray, count: int
+    hu: np.ndarray, grid: Grid, rng: np.random.Generator, lung: np.ndarray, cavity: np.ndarray, count: int,
+    settings: NoduleSettings | None = None,
 ) -> tuple[np.ndarray, list[Nodule]]:
-    """Place ``count`` nodules: isolated in the parenchyma or touching the chest wall (juxta-pleural)."""
+    """Place up to ``count`` nodules, at least ``settings.gap_mm`` apart; skip one when there is no room left.
+
+    Per nodule the draws are: diameter, position (if several enabled), kind (if several enabled), centre,
+    shape, HU, then for part-solid the core and for ground glass the texture; so the default settings draw
+    exactly what they always drew.
+    """
+    settings = settings if settings is not None else NoduleSettings()
     nodule = np.zeros(grid.shape, dtype=np.uint8)
     found: list[Nodule] = []
     if count == 0 or not lung.any():
@@ -394,29 +498,142 @@ def _paint_nodules(
     d, nearest = ndimage.distance_transform_edt(lung[crop] > 0, sampling=(sz, sy, sx), return_indices=True)
     dist[crop] = d
     wall_near[crop] = ~cavity[crop][tuple(nearest)]  # the closest non-lung voxel is outside the cavity
+    del d, nearest
+    vessel_dist = _vessel_distance(hu, grid, lung, crop) if "juxta_vascular" in settings.positions else None
     for _ in range(count):
-        diameter = float(rng.uniform(3.0, 25.0))
+        diameter = float(rng.uniform(*settings.diameter_mm))
         radius = diameter / 2
-        juxta = bool(rng.random() < 0.4)
-        cand = (dist >= 0.35 * radius) & (dist <= 0.75 * radius + 0.5 * sx) & wall_near if juxta else dist > radius + 3.0
-        cand &= lung > 0
+        position = _pick(rng, POSITION_WEIGHTS, settings.positions)
+        kind = _pick(rng, KIND_WEIGHTS, settings.kinds)
+        cand = _candidates(position, radius, grid, dist, wall_near, vessel_dist) & (lung > 0)
         idx = np.flatnonzero(cand)
         for n in found:
             if idx.size == 0:
                 break
             zyx = np.stack(np.unravel_index(idx, grid.shape), axis=-1)
             gap = np.linalg.norm(grid.to_mm(zyx) - grid.to_mm(np.asarray(n.center_zyx)), axis=-1)
-            idx = idx[gap > radius + n.diameter_mm / 2 + 5.0]
+            idx = idx[gap > radius + n.diameter_mm / 2 + settings.gap_mm]
         if idx.size == 0:
             continue
         centre_zyx = np.asarray(np.unravel_index(int(rng.choice(idx)), grid.shape), dtype=float)
-        drawn = lobulated_blob(grid, rng, grid.to_mm(centre_zyx), radius)
-        if drawn is None:
+        if not _paint_one(hu, nodule, grid, rng, lung, grid.to_mm(centre_zyx), radius, kind, settings.edges):
             continue
-        box, mask = drawn
-        mask &= lung[box] > 0
-        nodule[box][mask] = 1
-        hu[box][mask] = float(rng.uniform(20, 60))
-        found.append(Nodule(tuple(float(v) for v in centre_zyx), round(diameter, 2), juxta,
-                            int(lung[tuple(centre_zyx.astype(int))])))
+        found.append(Nodule(tuple(float(v) for v in centre_zyx), round(diameter, 2),
+                            int(lung[tuple(centre_zyx.astype(int))]), kind, position))
     return nodule, found
+
+
+def _pick(rng: np.random.Generator, weights: dict[str, float], enabled: tuple[str, ...]) -> str:
+    """One of ``enabled`` by ``weights`` with one uniform draw (none when only one is enabled)."""
+    names = [name for name in weights if name in enabled]
+    if len(names) == 1:
+        return names[0]
+    total = sum(weights[name] for name in names)
+    u, acc = rng.random(), 0.0
+    for name in names:
+        acc += weights[name] / total
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def _vessel_distance(hu: np.ndarray, grid: Grid, lung: np.ndarray, crop) -> np.ndarray:
+    """Distance (mm) from every voxel to the nearest voxel of a visible vessel (>= ~2 voxels across) in the lung."""
+    vessel = (hu[crop] == np.float32(BLOOD)) & (lung[crop] > 0)
+    visible = ndimage.binary_opening(vessel, structure=ndimage.generate_binary_structure(3, 1)[1:2])  # in-plane
+    sx, sy, sz = grid.spacing
+    out = np.full(grid.shape, np.inf, dtype=np.float32)
+    if visible.any():
+        out[crop] = ndimage.distance_transform_edt(~visible, sampling=(sz, sy, sx))
+    return out
+
+
+def _candidates(position: str, radius: float, grid: Grid, dist: np.ndarray, wall_near: np.ndarray,
+                vessel_dist: np.ndarray | None) -> np.ndarray:
+    """Voxels where the centre of a nodule of ``radius`` mm at ``position`` may go (``dist``: to the lung edge)."""
+    sx, sy, _ = grid.spacing
+    if position == "juxta_pleural":  # it overlaps the chest wall a little and is cut by the lung edge
+        return (dist >= 0.35 * radius) & (dist <= 0.75 * radius + 0.5 * sx) & wall_near
+    away = dist > radius + 3.0
+    if vessel_dist is None:
+        return away
+    if position == "juxta_vascular":  # its edge reaches a vessel, which it does not swallow
+        reach = max(0.7 * radius, 1.01 * min(sx, sy))
+        return away & (vessel_dist > 0.35 * radius) & (vessel_dist <= reach)
+    return away & (vessel_dist > 1.3 * radius + 1.0)  # isolated: clear of the visible vessels, lobulated edge too
+
+
+def _paint_one(hu: np.ndarray, nodule: np.ndarray, grid: Grid, rng: np.random.Generator, lung: np.ndarray,
+               centre_mm: np.ndarray, radius: float, kind: str, edges: str) -> bool:
+    """Paint one nodule of ``kind`` centred at ``centre_mm`` into ``hu`` and ``nodule`` (inside the lung only)."""
+    centre = np.asarray(centre_mm, dtype=np.float32)
+    elongation, lobulation = 0.15, 0.1
+    pad = radius * (1 + elongation) * (1 + lobulation) + 1.0
+    if edges == "partial_volume":
+        pad += max(grid.spacing)
+    box = grid.box(centre - pad, centre + pad)
+    if box is None:
+        return False
+    shape = LobulatedShape.draw(rng, radius, elongation, lobulation)
+    x, y, z = grid.coords(box)
+    dx, dy, dz = x - centre[0], y - centre[1], z - centre[2]
+    in_lung = lung[box] > 0
+    region = hu[box]
+    if kind == "solid" and edges == "hard":  # exactly as the cohort has always been drawn
+        mask = shape.inside(dx, dy, dz) & in_lung
+        nodule[box][mask] = 1
+        region[mask] = float(rng.uniform(*SOLID_HU))
+        return True
+    fade = 0.0 if kind == "solid" else GGO_EDGE_FADE
+    cover, density = _coverage(grid, shape, dx, dy, dz, edges, fade)
+    label = (cover >= 0.5) & in_lung
+    if not label.any():
+        return False
+    nodule[box][label] = 1
+    density = np.where(in_lung, density, np.float32(0.0))
+    if kind == "solid":
+        value = np.float32(rng.uniform(*SOLID_HU))
+        region[...] = region * (1 - density) + value * density
+        return True
+    glass = np.float32(rng.uniform(*GGO_HU))
+    if kind == "part_solid":
+        core_r = radius * float(rng.uniform(*CORE_FRACTION))
+        direction = rng.normal(size=3)
+        direction /= max(float(np.linalg.norm(direction)), 1e-6)
+        offset = direction * float(rng.uniform(0.0, 0.6)) * (radius - core_r)  # eccentric, inside the glass
+        core = LobulatedShape.draw(rng, core_r, elongation, lobulation)
+        core_value = np.float32(rng.uniform(*CORE_HU))
+    texture = rng.standard_normal(region.shape).astype(np.float32)
+    texture = ndimage.gaussian_filter(texture, sigma=(0.5, 1.0, 1.0))
+    texture *= np.float32(rng.uniform(*GGO_TEXTURE_HU) / max(float(texture.std()), 1e-6))
+    glassy = region * (1 - density) + (glass + texture) * density
+    region[...] = np.maximum(region, glassy)  # vessels crossing ground glass stay visible
+    if kind == "part_solid":
+        o = offset.astype(np.float32)
+        core_cover, _ = _coverage(grid, core, dx - o[0], dy - o[1], dz - o[2], edges, 0.0)
+        core_cover = np.minimum(core_cover, cover) * in_lung
+        region[...] = region * (1 - core_cover) + core_value * core_cover
+    return True
+
+
+def _coverage(grid: Grid, shape: LobulatedShape, dx, dy, dz, edges: str, fade: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of every voxel inside ``shape`` and its density (``fade``: fainter towards the edge).
+
+    ``"hard"`` samples each voxel at its centre; ``"partial_volume"`` on a sub-voxel grid of ~0.6 mm steps.
+    """
+    steps = [1, 1, 1] if edges == "hard" else [int(np.clip(np.ceil(s / 0.6), 2, 5)) for s in grid.spacing]
+    offsets = [((np.arange(n, dtype=np.float32) + 0.5) / n - 0.5) * np.float32(s)
+               for n, s in zip(steps, grid.spacing, strict=True)]
+    full = np.broadcast_shapes(np.shape(dx), np.shape(dy), np.shape(dz))
+    cover = np.zeros(full, dtype=np.float32)
+    density = np.zeros(full, dtype=np.float32)
+    for ox in offsets[0]:
+        for oy in offsets[1]:
+            for oz in offsets[2]:
+                level = shape.level(dx + ox, dy + oy, dz + oz)
+                inside = level <= 1.0
+                cover += inside
+                density += np.where(inside, 1.0 - fade * np.minimum(level, 1.0) ** 4, 0.0).astype(np.float32)
+    n = float(np.prod(steps))
+    return cover / n, density / n

@@ -105,17 +105,58 @@ def lobulated_blob(
     box = grid.box(centre - pad, centre + pad)
     if box is None:
         return None
+    shape = LobulatedShape.draw(rng, radius, elongation, lobulation)
     x, y, z = grid.coords(box)
-    v = np.stack(np.broadcast_arrays(x - centre[0], y - centre[1], z - centre[2]), axis=-1)
-    rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    axes = 1.0 + rng.uniform(-elongation, elongation, size=3)
-    axes /= np.cbrt(np.prod(axes))  # keep the volume of a sphere of ``radius``
-    q = (v @ rot.astype(np.float32)) / axes.astype(np.float32)
-    rho = np.linalg.norm(q, axis=-1)
-    u = q / np.maximum(rho, 1e-6)[..., None]
-    bump = np.zeros_like(rho)
-    for _ in range(4):
-        w = rng.normal(size=3).astype(np.float32)
-        w /= np.linalg.norm(w)
-        bump += np.cos(rng.uniform(2.0, 5.0) * np.pi * (u @ w) + rng.uniform(0, 2 * np.pi))
-    return box, rho <= radius * (1.0 + lobulation * bump / 2.0)
+    return box, shape.inside(x - centre[0], y - centre[1], z - centre[2])
+
+
+@dataclass(frozen=True)
+class LobulatedShape:
+    """A randomly oriented ellipsoid of mean radius ``radius`` mm with a lobulated edge, centred at 0.
+
+    :meth:`level` is ``rho / limit`` (<= 1 inside), so the shape can be sampled anywhere, e.g. at
+    sub-voxel points for partial volume. Drawn with the random draws :func:`lobulated_blob` always made.
+    """
+
+    radius: float
+    lobulation: float
+    rot: np.ndarray  # (3, 3) float32
+    axes: np.ndarray  # (3,) float32
+    bumps: tuple[tuple[np.ndarray, float, float], ...]  # (unit direction float32, frequency, phase)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, radius: float, elongation: float = 0.15,
+             lobulation: float = 0.1) -> LobulatedShape:
+        rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        axes = 1.0 + rng.uniform(-elongation, elongation, size=3)
+        axes /= np.cbrt(np.prod(axes))  # keep the volume of a sphere of ``radius``
+        bumps = []
+        for _ in range(4):
+            w = rng.normal(size=3).astype(np.float32)
+            w /= np.linalg.norm(w)
+            bumps.append((w, rng.uniform(2.0, 5.0), rng.uniform(0, 2 * np.pi)))
+        return cls(radius, lobulation, rot.astype(np.float32), axes.astype(np.float32), tuple(bumps))
+
+    def extent(self) -> float:
+        """Largest distance (mm) from the centre to the edge."""
+        return float(self.radius * np.max(self.axes) * (1 + 2 * self.lobulation))
+
+    def _rho_limit(self, dx, dy, dz) -> tuple[np.ndarray, np.ndarray]:
+        v = np.stack(np.broadcast_arrays(dx, dy, dz), axis=-1)
+        q = (v @ self.rot) / self.axes
+        rho = np.linalg.norm(q, axis=-1)
+        u = q / np.maximum(rho, 1e-6)[..., None]
+        bump = np.zeros_like(rho)
+        for w, freq, phase in self.bumps:
+            bump += np.cos(freq * np.pi * (u @ w) + phase)
+        return rho, self.radius * (1.0 + self.lobulation * bump / 2.0)
+
+    def inside(self, dx, dy, dz) -> np.ndarray:
+        """Mask of the points at mm offsets ``(dx, dy, dz)`` (broadcast) from the centre inside the shape."""
+        rho, limit = self._rho_limit(dx, dy, dz)
+        return rho <= limit
+
+    def level(self, dx, dy, dz) -> np.ndarray:
+        """``rho / limit`` at mm offsets ``(dx, dy, dz)``: 0 at the centre, 1 on the edge."""
+        rho, limit = self._rho_limit(dx, dy, dz)
+        return rho / limit
