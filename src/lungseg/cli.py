@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lung-mask": ("lungseg.lungmask.cli",
                   "classical lung-parenchyma mask (right/left) of a case, DICOM folder or CT volume, in its own geometry"),
     "lung-mask-qa": ("lungseg.lungmask.qa_table", "collect per-case lung-mask QA files into one TSV table"),
+    "nodule-baseline": ("lungseg.nodules.cli", "classical nodule mask + score map of a scan (Hessian dot filter), a baseline"),
     "split": ("lungseg.split", "patient-level train/val/test split, reproducible by seed"),
     "train": ("lungseg.training.cli", "train a segmentation model (run under torchrun for DDP)"),
     "train-guard": ("lungseg.training.guard", "run a training command; on SIGTERM/SIGUSR1 it checkpoints and exits 75 (requeue)"),
