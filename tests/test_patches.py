@@ -214,3 +214,20 @@ def test_patch_training_writes_a_model_that_predicts_by_sliding_window(cases, tm
     assert (probs[~grown] == 0).all()  # nothing outside the lungs grown by the margin
     with pytest.raises(ValueError, match="region"):
         predict_probabilities(models, metas, case.image, roi_mask=None, spacing=case.geometry.spacing, progress=False)
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(96, 55), (80, 80), (50, 117)])
+def test_sampling_a_window_equals_cropping_the_resampled_slices(n_in: int, n_out: int) -> None:
+    from lungseg.training.patches import axis_sampling, resample_inplane, sample_window
+
+    rng = np.random.default_rng(n_in)
+    stack = torch.from_numpy(rng.random((3, n_in, n_in - 7), dtype=np.float32))
+    labels = torch.from_numpy((rng.random((1, n_in, n_in - 7)) > 0.7).astype(np.float32))
+    out_w = round(n_out * (n_in - 7) / n_in)
+    whole = resample_inplane(stack, (n_out, out_w))
+    whole_labels = resample_inplane(labels, (n_out, out_w), "nearest")
+    for y0, x0 in [(-10, -3), (0, 0), (n_out - 20, out_w - 5), (n_out // 3, out_w // 2)]:
+        for mode, source, reference in (("bilinear", stack, whole), ("nearest", labels, whole_labels)):
+            rows, cols = axis_sampling(n_in, n_out, y0, 32, mode), axis_sampling(n_in - 7, out_w, x0, 32, mode)
+            window = sample_window(source[:, rows.span, cols.span], rows, cols)
+            assert torch.allclose(window, crop(reference, y0, x0, 32), atol=1e-5), (mode, y0, x0)

@@ -97,6 +97,63 @@ def resample_inplane(slices: torch.Tensor, size: tuple[int, int], mode: str = "b
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+@dataclass(frozen=True)
+class AxisSampling:
+    """Where a window of the resampled axis reads the source axis: ``out[j] = (1 - w[j]) src[i0[j]] +
+    w[j] src[i1[j]]`` for ``valid[j]``, 0 elsewhere (outside the resampled axis: crop()'s padding)."""
+
+    i0: np.ndarray
+    i1: np.ndarray
+    w: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def span(self) -> slice:
+        """The source pixels read (a contiguous range; empty when no pixel is valid)."""
+        if not self.valid.any():
+            return slice(0, 0)
+        return slice(int(self.i0[self.valid].min()), int(self.i1[self.valid].max()) + 1)
+
+
+def axis_sampling(n_in: int, n_out: int, start: int, size: int, mode: str = "bilinear") -> AxisSampling:
+    """Pixels ``start .. start + size - 1`` of an axis of ``n_in`` pixels resampled to ``n_out`` as
+    :func:`resample_inplane` (torch's bilinear with ``align_corners=False``, or ``nearest-exact``) computes them."""
+    j = np.arange(start, start + size)
+    valid = (j >= 0) & (j < n_out)
+    scale = n_in / n_out
+    if mode == "nearest":
+        i0 = np.minimum(np.floor((j + 0.5) * scale), n_in - 1).astype(np.int64)
+        return AxisSampling(np.where(valid, i0, 0), np.where(valid, i0, 0), np.zeros(size, np.float32), valid)
+    src = np.maximum((j + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src), n_in - 1).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w = (src - i0).astype(np.float32)
+    return AxisSampling(np.where(valid, i0, 0), np.where(valid, i1, 0), np.where(valid, w, 0).astype(np.float32), valid)
+
+
+def sample_window(part: torch.Tensor, rows: AxisSampling, cols: AxisSampling) -> torch.Tensor:
+    """``(C, size, size)`` window of a stack whose rows ``rows.span`` and columns ``cols.span`` are ``part``."""
+    out = part.new_zeros((part.shape[0], len(rows.valid), len(cols.valid)))
+    if not rows.valid.any() or not cols.valid.any():
+        return out
+    ry, cx = np.flatnonzero(rows.valid), np.flatnonzero(cols.valid)
+    tmp = _interpolate_axis(part, 1, rows.i0[ry] - rows.span.start, rows.i1[ry] - rows.span.start, rows.w[ry])
+    tmp = _interpolate_axis(tmp, 2, cols.i0[cx] - cols.span.start, cols.i1[cx] - cols.span.start, cols.w[cx])
+    out[:, ry[0]:ry[-1] + 1, cx[0]:cx[-1] + 1] = tmp
+    return out
+
+
+def _interpolate_axis(x: torch.Tensor, dim: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> torch.Tensor:
+    """Linear interpolation along ``dim``: ``(1 - w) x[i0] + w x[i1]`` (a plain gather where ``w`` is 0)."""
+    first = x.index_select(dim, torch.from_numpy(i0))
+    if not w.any():
+        return first
+    shape = [1] * x.ndim
+    shape[dim] = len(w)
+    weight = torch.from_numpy(w).view(shape)
+    return first.mul_(1 - weight).add_(x.index_select(dim, torch.from_numpy(i1)).mul_(weight))
+
+
 def crop(stack: torch.Tensor, y0: int, x0: int, size: int) -> torch.Tensor:
     """``stack[..., y0:y0+size, x0:x0+size]``, zero-padded where the window leaves the stack."""
     h, w = stack.shape[-2:]
@@ -172,6 +229,7 @@ class PatchDataset(Dataset):
         self.positive = np.zeros(int(n_items), dtype=bool)  # no slice weights: the rate is drawn per item
         self.epoch_seed = 0
         self._handles: dict[int, h5py.File] = {}
+        self._datasets: dict[int, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
 
     @property
@@ -209,13 +267,16 @@ class PatchDataset(Dataset):
                 region = _subsample(np.argwhere(grown), rng)
             return _Case(tuple(int(v) for v in f["image"].shape), (float(spacing[1]), float(spacing[0])), objects, region)
 
-    def _file(self, case_idx: int) -> h5py.File:
+    def _file(self, case_idx: int) -> dict[str, h5py.Dataset]:
+        """The case's image and label datasets, opened once per process."""
         if os.getpid() != self._pid:
-            self._handles, self._pid = {}, os.getpid()
-        f = self._handles.get(case_idx)
-        if f is None:
+            self._handles, self._datasets, self._pid = {}, {}, os.getpid()
+        datasets = self._datasets.get(case_idx)
+        if datasets is None:
             f = self._handles[case_idx] = open_case(self.case_paths[case_idx])
-        return f
+            names = {self.label, self.roi_label} if self.roi != "none" else {self.label}
+            datasets = self._datasets[case_idx] = {"image": f["image"], **{n: f["labels"][n] for n in names}}
+        return datasets
 
     def set_epoch_seed(self, seed: int) -> None:
         self.epoch_seed = int(seed)
@@ -251,23 +312,16 @@ class PatchDataset(Dataset):
         size = resampled_shape(case.shape[1:], case.spacing_yx, spec.spacing_mm)
         cy = round((y + 0.5) * size[0] / case.shape[1] - 0.5)
         cx = round((x + 0.5) * size[1] / case.shape[2] - 0.5)
-        y0, x0 = cy - spec.size // 2, cx - spec.size // 2
-        # at the scan's own pixels only the window is read (the same pixels as crop() of whole slices)
-        native = size == case.shape[1:]
-        rows = np.s_[max(y0, 0):max(y0 + spec.size, 0)] if native else np.s_[:]
-        cols = np.s_[max(x0, 0):max(x0 + spec.size, 0)] if native else np.s_[:]
-        hu = read_slices(f["image"], zs, rows, cols)
-        label = read_slices(f["labels"][self.label], target_zs, rows, cols) > 0
+        # only the pixels the window samples are read: the values of crop(resample_inplane(whole slices))
+        rows = [axis_sampling(case.shape[1], size[0], cy - spec.size // 2, spec.size, m) for m in ("bilinear", "nearest")]
+        cols = [axis_sampling(case.shape[2], size[1], cx - spec.size // 2, spec.size, m) for m in ("bilinear", "nearest")]
+        hu = read_slices(f["image"], zs, rows[0].span, cols[0].span)
         if self.roi == "mask":
-            keep = dilate_region(read_slices(f["labels"][self.roi_label], zs), self.roi_margin)[:, rows, cols]
+            keep = dilate_region(read_slices(f[self.roi_label], zs), self.roi_margin)[:, rows[0].span, cols[0].span]
             hu = np.where(keep, hu, np.int16(self.hu_window[0]))
-        image = normalize_hu(torch.from_numpy(np.ascontiguousarray(hu)), self.hu_window)
-        mask = torch.from_numpy(label.astype(np.float32))
-        if native:
-            y0, x0 = min(y0, 0), min(x0, 0)  # the window relative to what was read
-        else:
-            image, mask = resample_inplane(image, size), resample_inplane(mask, size, "nearest")
-        image, mask = crop(image, y0, x0, spec.size), crop(mask, y0, x0, spec.size)
+        image = sample_window(normalize_hu(torch.from_numpy(np.ascontiguousarray(hu)), self.hu_window), rows[0], cols[0])
+        label = read_slices(f[self.label], target_zs, rows[1].span, cols[1].span) > 0
+        mask = sample_window(torch.from_numpy(label.astype(np.float32)), rows[1], cols[1])
         if self.augment:
             generator = torch.Generator().manual_seed(item_seed(self.epoch_seed, i) ^ 0x5DEECE66D)
             image, mask = augment_pair(image, mask, generator=generator)
@@ -279,11 +333,11 @@ class PatchDataset(Dataset):
         if os.getpid() == self._pid:
             for f in self._handles.values():
                 f.close()
-        self._handles = {}
+        self._handles, self._datasets = {}, {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_handles"], state["_datasets"] = {}, {}
         return state
 
     def __del__(self) -> None:
