@@ -256,3 +256,17 @@ def test_cli_more_folds_than_patients_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("lungseg split: error: split.folds = 5") and "\n" not in err, err
     assert "3 patient(s)" in err and not out.exists()
+
+
+def test_stratified_split_gives_val_and_test_a_positive_patient_even_when_positives_are_rare():
+    cases = {f"c{i:02d}": f"p{i:02d}" for i in range(20)}
+    for positives in (3, 4, 5, 16):
+        for seed in range(30):
+            strata = {c: i < positives for i, c in enumerate(cases)}
+            splits = assign_splits(cases, [0.6, 0.15, 0.25], seed=seed, strata=strata)
+            for part in ("train", "val", "test"):
+                assert any(strata[c] for c, s in splits.items() if s == part), (positives, seed, part)
+            assert [s for s in splits.values()].count("test") == 5  # the cut sizes stay as they were
+    # with 3 positives among 20 a plain split leaves val without one for some seeds
+    plain = [assign_splits(cases, [0.6, 0.15, 0.25], seed=s) for s in range(30)]
+    assert any(not any(c < "c03" for c, part in p.items() if part == "val") for p in plain)

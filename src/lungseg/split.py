@@ -14,7 +14,9 @@ Stratification (``split.stratify``): given each case's stratum (``True``: the ca
 target label, ``False``: it has not, ``None``: unknown), a patient is positive when any of its cases
 is, else unknown when any is unknown, else negative. The test cut (and with one fold the val cut)
 then takes each stratum in proportion, and each stratum's patients are dealt round-robin across the
-folds, so every fold gets a positive patient when there are at least K positive non-test patients.
+folds, so every fold gets a positive patient when there are at least K positive non-test patients;
+with one fold, val and test each get a positive patient when training would keep two or more (a swap
+with the last positive training patient where proportions alone left them none).
 With a single stratum (e.g. every case has a lung mask) the result is the unstratified one.
 
 ``split.tsv`` columns: ``case_id``, ``patient_id``, ``split`` and ``fold`` (0..K-1 for the non-test
@@ -117,7 +119,21 @@ def assign_splits(case_patients: Mapping[str, str], fractions: Sequence[float], 
     patient_split = {}
     for rank, patient in enumerate(order):
         patient_split[patient] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    if strata is not None:
+        _give_each_split_a_positive(patient_split, order, _patient_strata(case_patients, strata))
     return {case: patient_split[patient] for case, patient in sorted(case_patients.items())}
+
+
+def _give_each_split_a_positive(patient_split: dict[str, str], order: Sequence[str], strata: Mapping[str, int]) -> None:
+    """Where val or test got no positive patient although training has two or more, swap the last
+    positive training patient (in ``order``) with that split's last non-positive patient: a model is
+    then validated and tested on scans with the target (few nodule cases, small cohorts)."""
+    for split in ("val", "test"):
+        members = [p for p in order if patient_split[p] == split]
+        donors = [p for p in order if patient_split[p] == "train" and strata[p] == _POSITIVE]
+        if not members or any(strata[p] == _POSITIVE for p in members) or len(donors) < 2:
+            continue
+        patient_split[donors[-1]], patient_split[members[-1]] = split, "train"
 
 
 def assign_folds(case_patients: Mapping[str, str], fractions: Sequence[float], seed: int, folds: int = 1,
