@@ -122,3 +122,17 @@ def test_workflow_pages(tmp_path):
     assert f"<td>torch</td><td>{version('torch')}</td>" in versions
     assert f"<td>SimpleITK</td><td>{version('SimpleITK')}" in versions
     assert "3 jobs, 64.0 s" in (tmp_path / "r.html").read_text()
+
+
+def test_froc_section_for_the_lung_target_writes_a_notice(tmp_path):
+    """The lung target has no nodules: no Nodules table, and the FROC figure says why it is empty."""
+    rows = _metric_rows(tmp_path)
+    summary = summarise(rows, samples=50, seed=0)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.csv").write_text(rows_to_csv(rows))
+    assert main(["report", "metrics", "--summary", str(tmp_path / "summary.json"), "--csv", str(tmp_path / "metrics.csv"),
+                 "-o", str(tmp_path / "metrics.html")]) == 0
+    page = (tmp_path / "metrics.html").read_text()
+    assert "<caption>Nodules</caption>" not in page and "no reference nodule" not in page
+    assert main(["report", "froc", "--summary", str(tmp_path / "summary.json"), "-o", str(tmp_path / "froc.png")]) == 0
+    assert mpimg.imread(tmp_path / "froc.png").shape[0] < 200
