@@ -17,8 +17,10 @@ cannot drift:
 :func:`~lungseg.training.dataset.item_seed`), so resumed and multi-process runs see the same data as one
 uninterrupted run. A share ``foreground_rate`` of the patches is centred (with a jitter of up to a
 quarter patch) on a voxel of a randomly chosen foreground object (connected component: small nodules
-are drawn as often as large ones); the others on a random voxel of the dilated region of interest
-(the lungs: negatives where the confusers, vessels, are), or anywhere with ``roi: none``. A case without
+are drawn as often as large ones); the others half on a random voxel of the dilated region of interest
+(the lungs: negatives where the confusers, vessels, are), half anywhere in its bounding box (hilum,
+mediastinum, chest wall: what a sliding window over the grown lung mask also sees), or anywhere in the
+scan with ``roi: none``. A case without
 foreground gives region patches only, so the realised rate is ``foreground_rate`` times the share of
 cases with foreground.
 """
@@ -202,6 +204,7 @@ class _Case:
     spacing_yx: tuple[float, float]
     objects: list[np.ndarray]  # per foreground component: (n, 3) voxel indices (subsampled)
     region: np.ndarray | None  # (n, 3) voxel indices of the dilated region of interest, or None = anywhere
+    box: tuple[tuple[int, int], ...] | None  # (start, stop) per axis of the dilated region's bounding box
 
 
 class PatchDataset(Dataset):
@@ -258,14 +261,16 @@ class PatchDataset(Dataset):
             for i, box in enumerate(ndimage.find_objects(components), start=1):
                 voxels = np.argwhere(components[box] == i) + [s.start for s in box]
                 objects.append(_subsample(voxels, rng))
-            region = None
+            region, box = None, None
             if self.roi != "none":
                 grown = dilate_region(f["labels"][self.roi_label][()], self.roi_margin)
                 if not grown.any():
                     raise ValueError(f"case file {path}: ROI label '{self.roi_label}' is empty, no region to draw "
                                      f"patches from; use roi none, or check the case's {self.roi_label} label")
                 region = _subsample(np.argwhere(grown), rng)
-            return _Case(tuple(int(v) for v in f["image"].shape), (float(spacing[1]), float(spacing[0])), objects, region)
+                box = tuple((s.start, s.stop) for s in ndimage.find_objects(grown.astype(np.uint8))[0])
+            return _Case(tuple(int(v) for v in f["image"].shape), (float(spacing[1]), float(spacing[0])), objects,
+                         region, box)
 
     def _file(self, case_idx: int) -> dict[str, h5py.Dataset]:
         """The case's image and label datasets, opened once per process."""
@@ -297,8 +302,10 @@ class PatchDataset(Dataset):
             y, x = y + int(rng.integers(-jitter, jitter + 1)), x + int(rng.integers(-jitter, jitter + 1))
             if self.spec.volumetric:
                 z = z + int(rng.integers(-(self.spec.depth // 4), self.spec.depth // 4 + 1))
-        elif case.region is not None:
+        elif case.region is not None and rng.random() < 0.5:
             z, y, x = case.region[int(rng.integers(len(case.region)))]
+        elif case.box is not None:  # the hilum, mediastinum and chest wall next to the lungs: where false positives arise
+            z, y, x = (int(rng.integers(start, stop)) for start, stop in case.box)
         else:
             z, y, x = (int(rng.integers(n)) for n in case.shape)
         return case_idx, (int(z), int(y), int(x)), foreground
