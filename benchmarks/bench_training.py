@@ -16,7 +16,13 @@ and after it; the result is the median over the epochs after the first. On CUDA 
 pipeline's defaults there (bf16 autocast, channels_last). Prints the ratio pipeline / bare (goal
 >= 0.9) and writes ``benchmarks/results/training.json`` (or ``--out``).
 
-Run: ``.venv/bin/python benchmarks/bench_training.py [--threads 2] [--image-size 128 --base-channels 16]``.
+With ``--patch-size S`` the same comparison for patch training (issue 13): the pipeline draws
+``S x S`` patches (``--context-slices K`` neighbours as channels, or ``--arch unet3d --patch-depth D``)
+from the cases, a third of them centred on small "nodule" blobs, at the scan's own pixels; the bare
+loop gets random tensors of the patch shape.
+
+Run: ``.venv/bin/python benchmarks/bench_training.py [--threads 2] [--image-size 128 --base-channels 16]``;
+patches: ``... --patch-size 64 --context-slices 3 --depth 3 --batch-size 16 --out benchmarks/results/training_patches.json``.
 """
 
 from __future__ import annotations
@@ -58,9 +64,14 @@ def write_cases(folder: Path, n_cases: int, n_slices: int, size: int) -> list[st
         hu = np.where(body, np.where(lungs, -850, 40), -1000).astype(np.int16)
         image = (np.repeat(hu[None], n_slices, 0) + rng.normal(0, 15, (n_slices, size, size))).astype(np.int16)
         label = np.repeat(lungs[None], n_slices, 0).astype(np.uint8)
+        nodule = np.zeros_like(label)
+        for z, yy, xx in zip(rng.integers(1, n_slices - 1, 4), rng.integers(size // 3, 2 * size // 3, 4),
+                             rng.integers(size // 4, 3 * size // 4, 4)):
+            nodule[z - 1:z + 2, yy - 4:yy + 5, xx - 4:xx + 5] = label[z - 1:z + 2, yy - 4:yy + 5, xx - 4:xx + 5]
+        image[nodule > 0] = 30
         path = folder / f"case{c}.h5"
         write_case(path, CaseVolume(f"bench{c}", image, Geometry((0.7, 0.7, 2.5), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
-                                    labels={"lung": label}))
+                                    labels={"lung": label, "nodule": nodule}))
         paths.append(str(path))
     return paths
 
@@ -71,13 +82,19 @@ class Bare:
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         torch.manual_seed(0)
         self.cuda = device.type == "cuda"
-        fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        fmt = torch.channels_last if self.cuda and not config.patch_depth > 1 else torch.contiguous_format
         self.model = build_model(config.arch, **config.model_kwargs()).to(device).to(memory_format=fmt)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.loss_fn = get_loss(config.loss)
-        shape = (config.batch_size, 1, config.image_size, config.image_size)
+        if config.patches:
+            spec = config.input_spec()["patch_size"]
+            shape = ((config.batch_size, 1, *spec) if spec[0] > 1 else
+                     (config.batch_size, config.model_kwargs()["in_channels"], spec[1], spec[2]))
+        else:
+            shape = (config.batch_size, 1, config.image_size, config.image_size)
+        target = (shape[0], 1, *shape[2:])
         self.x = torch.rand(shape, device=device).contiguous(memory_format=fmt)
-        self.y = (torch.rand(shape, device=device) > 0.5).float()
+        self.y = (torch.rand(target, device=device) > 0.5).float()
         self.batch = config.batch_size
         for _ in range(3):  # warm-up
             self.step()
@@ -114,6 +131,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=6, help="pipeline epochs (the first is warm-up)")
     parser.add_argument("--bare-steps", type=int, default=6, help="steps per bare block")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--patch-size", type=int, default=0, help="patch training: S x S patches (0: whole slices)")
+    parser.add_argument("--context-slices", type=int, default=0, help="patches: neighbouring slices per side as channels")
+    parser.add_argument("--patch-depth", type=int, default=1, help="patches of unet3d: slices per patch")
+    parser.add_argument("--patches-per-epoch", type=int, default=256)
     parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -121,7 +142,9 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = TrainConfig(arch=args.arch, base_channels=args.base_channels, depth=args.depth, image_size=args.image_size,
                          batch_size=args.batch_size, epochs=args.epochs, threads=args.threads, lr=1e-3,
-                         num_workers=args.num_workers)
+                         num_workers=args.num_workers, patch_size=args.patch_size, context_slices=args.context_slices,
+                         patch_depth=args.patch_depth, patches_per_epoch=args.patches_per_epoch,
+                         label="nodule" if args.patch_size else "lung")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = write_cases(tmp, args.cases + 1, args.slices, args.slice_size)
@@ -141,7 +164,8 @@ def main() -> int:
         "config": {"arch": args.arch, "base_channels": args.base_channels, "depth": args.depth,
                    "image_size": args.image_size, "batch_size": args.batch_size, "slice_size": args.slice_size,
                    "train_slices": args.cases * args.slices, "num_workers": args.num_workers,
-                   "amp": "bf16" if device.type == "cuda" else "off"},
+                   "amp": "bf16" if device.type == "cuda" else "off",
+                   **({"input": config.input_spec(), "patches_per_epoch": args.patches_per_epoch} if args.patch_size else {})},
         "pipeline_images_per_s_by_epoch": [round(v, 2) for v in epochs],
         "bare_images_per_s_blocks": [round(v, 2) for v in bare],
         "ratio_by_epoch": [round(v, 3) for v in ratios],

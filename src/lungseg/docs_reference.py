@@ -651,6 +651,12 @@ BENCHMARKS = [  # (file name prefix, title, renderer, what it measures)
     ("inference", "Inference on CPU", _bench_inference,
      "`benchmarks/bench_inference.py`: `lungseg predict`'s volume inference on a 512×512 chest volume "
      "(with lungmask's R231 network beside it unless `--skip-baseline`)."),
+    ("sliding_window", "Sliding-window inference", _bench_generic,
+     "`benchmarks/bench_sliding_window.py`: patch models by sliding window against the whole-slice model on one "
+     "300-slice 512×512 volume, same run."),
+    ("nodule_baseline", "Classical nodule baseline", _bench_generic,
+     "`benchmarks/bench_nodule_baseline.py`: the classical nodule detector on demo phantoms (per-nodule sensitivity, "
+     "false positives per scan, IoU, FROC), its run time on a 300×512×512 volume, and the LIDC-IDRI series."),
     ("fanout", "Fan-out of experiments × folds", _bench_generic,
      "`benchmarks/bench_fanout.py`: per-job overhead of training jobs against training time, and `snakemake -n` time."),
 ]
