@@ -16,8 +16,10 @@ include: "workflow/rules/split.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/scaling.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/nodules.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/external.smk"
 
 
 rule all:

@@ -177,3 +177,11 @@ def test_valid_section_passes_check_config_unchanged(config):
     check_config(c, SCHEMA)
     assert c["experiments"] == section  # no defaults filled into the overrides
     assert len(check_experiments(c, None)) == 7
+
+
+def test_false_leaves_an_experiment_out_so_an_overlay_can_drop_the_base_configs_experiments(config):
+    c = with_experiments(config, {"reference": "b", "a": False, "b": {"lr": 0.01}, "c": None})
+    check_config(c, SCHEMA)
+    assert list(resolve_experiments(c)) == ["b", "c"] and reference_experiment(c) == "b"
+    with pytest.raises(ConfigError, match="or false to leave the experiment out"):
+        check_config(with_experiments(config, {"a": True}), SCHEMA)

@@ -46,10 +46,13 @@ def _config(**changes) -> dict:
     return config
 
 
-#: configs that together switch on every conditional rule (demo cohort; discover + a sweep table)
+#: configs that together switch on every conditional rule (demo cohort; discover + a sweep table; the nodule
+#: target with an external test set)
 CONFIGS = {
     "demo": _config(),
     "discover_sweep": _config(source="discover", report__sweep="sweeps/scaling"),
+    "nodule_external": _config(train__label="nodule",
+                               external_test={"name": "lidc", "cases": str(REPO / "config/lidc_external.tsv")}),
 }
 
 

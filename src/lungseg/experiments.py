@@ -8,6 +8,7 @@ Config form (config/config.yaml)::
       vgg16_unet: {arch: vgg16_unet, freeze_encoder_epochs: 5}
       dense_unet: {arch: dense_unet}
       grid: {arch: [unet, dense_unet], lr: [0.001, 0.01]}   # optional: expands to named experiments
+      old_try: false              # left out (an overlay config, --configfile, cannot delete a key of the base)
 
 Each experiment's settings are a deep copy of ``train:`` updated with its overrides. ``grid`` expands,
 where it stands in the section, to the Cartesian product of its lists (keys in the given order), each
@@ -76,7 +77,7 @@ def resolve_experiments(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     experiments: dict[str, dict[str, Any]] = {}
     from_grid: set[str] = set()
     for name, overrides in section.items():
-        if name == "reference":
+        if name == "reference" or overrides is False:  # false: the experiment is left out
             continue
         grid = name == "grid"
         for point, point_overrides in _grid_points(section["grid"], train) if grid else [(name, overrides)]:
@@ -179,6 +180,9 @@ def _settings(train: Mapping[str, Any], name: str, overrides: Any, grid: bool) -
     where = "experiments.grid" if grid else f"experiments.{name}"
     if overrides is None:
         overrides = {}
+    if overrides is True:
+        raise ExperimentError(f"experiments.{name} = true; allowed: a mapping of train settings to override, "
+                              "{} for train: as it is, or false to leave the experiment out")
     if not isinstance(overrides, Mapping):
         raise ExperimentError(f"experiments.{name} = {_show(overrides)}; allowed: a mapping of train settings "
                               "to override (e.g. {arch: dense_unet}), or {} for train: as it is")

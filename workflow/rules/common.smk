@@ -38,6 +38,8 @@ EXPERIMENTS = resolve_experiments(config)
 REFERENCE = reference_experiment(config)
 #: k-fold cross-validation: one model per fold and experiment (1: one train/val split)
 FOLDS = config["split"]["folds"]
+#: the classical nodule detector's name in the metrics (the nodule target's baseline)
+NODULE_BASELINE = "classical_nodule"
 
 
 wildcard_constraints:
@@ -217,10 +219,32 @@ def ingest_args(wildcards, input):
 
 def baseline_predictions(wildcards):
     """Baselines evaluated on every test case besides the trivial all-background: for the lung target the
-    classical lung mask of the configured method (``classical_threshold_3d`` or ``classical_per_slice_otsu``)."""
+    classical lung mask of the configured method (``classical_threshold_3d`` or ``classical_per_slice_otsu``);
+    for nodules the classical nodule detector (workflow/rules/nodules.smk) with its probability map
+    (input ``<name>_probabilities``)."""
     if LABEL == "lung":
         return {baseline_name(config["lung_mask"]["method"]): f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"}
+    if LABEL == "nodule":
+        return {
+            NODULE_BASELINE: f"{RESULTS}/baselines/nodules/{wildcards.case}.nii.gz",
+            f"{NODULE_BASELINE}_probabilities": f"{RESULTS}/baselines/nodules/{wildcards.case}.probabilities.nii.gz",
+        }
     return {}
+
+
+def baseline_options(wildcards, input):
+    """`lungseg evaluate --pred NAME=MASK` (and `--probabilities NAME=MAP`) of every baseline input."""
+    options = []
+    for name in [k for k in input.keys() if k != "case" and not k.endswith("_probabilities")]:
+        options += ["--pred", f"{name}={input[name]}"]
+        if f"{name}_probabilities" in input.keys():
+            options += ["--probabilities", f"{name}={input[name + '_probabilities']}"]
+    return options
+
+
+def probabilities_option(wildcards, input):
+    """`lungseg evaluate --probabilities`: the candidates of an FROC, for the nodule target."""
+    return ["--probabilities", f"{wildcards.experiment}={input.probabilities}"] if LABEL == "nodule" else []
 
 
 def checkpoint_dir(wildcards):
@@ -321,6 +345,164 @@ def all_outputs(wildcards):
             (
                 f"{RESULTS}/report/sweep.html" if config["report"]["sweep"] else []
             ),  # a `lungseg sweep` table, if configured
+            (f"{RESULTS}/report/froc.png" if LABEL == "nodule" else []),  # nodule detection: the FROC curves
             expand(f"{RESULTS}/report/workflow/{{page}}.html", page=["config", "versions", "runtimes"]),
+            external_outputs(),  # the external test set (workflow/rules/external.smk), if external_test is set
         ]
     )
+
+
+# ---- external test set (config external_test; its rules: workflow/rules/external.smk) ----
+
+#: the external test set's settings ({name, cases}), or None
+EXTERNAL = config.get("external_test")
+#: where its outputs go: results/external/<name>
+EXTERNAL_DIR = f"{RESULTS}/external/{EXTERNAL['name']}" if EXTERNAL else None
+
+
+def _external_case_table():
+    """case_id -> row of the external case sheet, checked when the workflow starts: IDs that repeat a folder name
+    of their own paths (LIDC-IDRI-0001/, a PatientID) are refused, and so are patients of the cohort itself."""
+    if not EXTERNAL:
+        return {}
+    sheet = EXTERNAL["cases"]
+    try:
+        cases = read_case_sheet(sheet)
+    except CaseSheetError as exc:
+        raise WorkflowError(f"external_test.cases: {exc}") from None
+    for case, row in cases.items():
+        folders = {
+            part.lower()
+            for key, path in row.items()
+            if path and (key == "dicom" or key.startswith("label_") or key in ANNOTATION_COLUMNS)
+            for part in Path(path).parts
+            if part not in ("..", ".", "/")
+        }
+        for column in ("case_id", "patient_id"):
+            if row[column].lower() in folders:
+                raise WorkflowError(
+                    f"external_test.cases: {sheet}, case {case}: {column} {row[column]!r} is a folder name of its own "
+                    f"paths (often the PatientID, as in LIDC-IDRI-0001/): give the case a pseudonym (e.g. ext001)"
+                )
+    shared = sorted({row["patient_id"] for row in cases.values()} & {row["patient_id"] for row in CASES.values()})
+    if shared:
+        raise WorkflowError(
+            f"external_test.cases: {sheet}: patient(s) {', '.join(shared[:5])} are in the cohort too (config "
+            f"{config['source']}): an external test set must hold other patients than the model was trained on"
+        )
+    return cases
+
+
+#: case_id -> row of the external case sheet (empty without external_test)
+EXTERNAL_CASES = _external_case_table()
+
+
+def external_scan_files(case):
+    """Every file of an external case's scan: the series' slices, or a volume (with the .raw/.zraw of a .mhd)."""
+    source = Path(EXTERNAL_CASES[case]["dicom"])
+    if source.is_file():
+        data = [source.with_suffix(s) for s in (".raw", ".zraw")] if source.suffix == ".mhd" else []
+        return [str(source)] + [str(p) for p in data if p.is_file()]
+    try:
+        return [str(p) for p in list_dicom_files(source)]
+    except IngestError:  # missing or empty folder: the ingest job quarantines the case with the reason
+        return []
+
+
+def external_ingest_inputs(wildcards):
+    """The scan's files, label masks and annotation files (lidc_xml, luna16) of one external case."""
+    row = EXTERNAL_CASES[wildcards.case]
+    inputs = {"scan": external_scan_files(wildcards.case)}
+    inputs.update({k: v for k, v in row.items() if v and (k.startswith("label_") or k in ANNOTATION_COLUMNS)})
+    return inputs
+
+
+def external_ingest_args(wildcards, input):
+    """`lungseg ingest` options of one external case, as :func:`ingest_args` gives them for the cohort's."""
+    args = []
+    for key, path in input.items():
+        if key.startswith("label_"):
+            args += ["--label", f"{key[len('label_'):]}={path}"]
+    for key, option in ANNOTATION_COLUMNS.items():
+        if key in input.keys():
+            args += [option, input[key]]
+    row = EXTERNAL_CASES[wildcards.case]
+    if row.get("series"):
+        args += [
+            "--series",
+            row["series"],
+            "--secret-env",
+            config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY"),
+        ]
+    settings = config["ingest"]
+    if settings.get("target_spacing"):
+        args += ["--target-spacing", *(str(s) for s in settings["target_spacing"])]
+    args += ["--max-gap", str(settings["max_gap"]), "--agreement", str(settings["lidc_agreement"])]
+    return args
+
+
+def external_status_files(wildcards):
+    return [f"{EXTERNAL_DIR}/ingest/{c}.status.json" for c in sorted(EXTERNAL_CASES)]
+
+
+def external_good_cases():
+    """External cases that passed ingest: the sheet's, less those in the external_quarantine checkpoint's table."""
+    import csv
+
+    with open(checkpoints.external_quarantine.get().output[0], newline="") as f:
+        quarantined = {row["case"] for row in csv.DictReader(f, delimiter="\t")}
+    return sorted(set(EXTERNAL_CASES) - quarantined)
+
+
+def external_baseline_predictions(wildcards):
+    """The baselines of one external case, as :func:`baseline_predictions` gives them for a test case."""
+    if LABEL == "lung":
+        return {baseline_name(config["lung_mask"]["method"]): f"{EXTERNAL_DIR}/lungmask/{wildcards.case}.nii.gz"}
+    if LABEL == "nodule":
+        return {
+            NODULE_BASELINE: f"{EXTERNAL_DIR}/baselines/nodules/{wildcards.case}.nii.gz",
+            f"{NODULE_BASELINE}_probabilities": f"{EXTERNAL_DIR}/baselines/nodules/{wildcards.case}.probabilities.nii.gz",
+        }
+    return {}
+
+
+def external_evaluated(wildcards):
+    """Per-case metrics of every experiment and of the baselines on the external cases that passed ingest."""
+    cases = external_good_cases()
+    return [
+        *expand(
+            f"{EXTERNAL_DIR}/experiments/{{experiment}}/metrics/cases/{{case}}.json", experiment=EXPERIMENTS, case=cases
+        ),
+        *expand(f"{EXTERNAL_DIR}/baselines/metrics/cases/{{case}}.json", case=cases),
+    ]
+
+
+def external_overlays(wildcards):
+    """experiment/case -> overlay of that experiment's prediction on an external case."""
+    return {
+        f"{experiment}/{case}": f"{EXTERNAL_DIR}/plots/overlays/{experiment}/{case}.png"
+        for experiment in EXPERIMENTS
+        for case in external_good_cases()
+    }
+
+
+def external_report_page():
+    return f"{RESULTS}/report/external_{EXTERNAL['name']}.html"
+
+
+def external_outputs():
+    """The external test set's final outputs (none without external_test)."""
+    if not EXTERNAL:
+        return []
+    cases = external_good_cases()
+    return [
+        f"{EXTERNAL_DIR}/quarantine.tsv",
+        expand(f"{EXTERNAL_DIR}/lungmask/{{case}}.qa.json", case=cases),
+        expand(
+            f"{EXTERNAL_DIR}/experiments/{{experiment}}/predictions/{{case}}.nii.gz", experiment=EXPERIMENTS, case=cases
+        ),
+        f"{EXTERNAL_DIR}/metrics/metrics.csv",
+        f"{EXTERNAL_DIR}/metrics/summary.json",
+        list(external_overlays(None).values()),
+        external_report_page(),
+    ]

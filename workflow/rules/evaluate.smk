@@ -5,6 +5,7 @@
 rule evaluate:
     input:
         pred=f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz",
+        probabilities=f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.probabilities.nii.gz",
         case=f"{RESULTS}/ingest/{{case}}.h5",
     output:
         f"{RESULTS}/experiments/{{experiment}}/metrics/cases/{{case}}.json",
@@ -18,15 +19,17 @@ rule evaluate:
         label=LABEL,
         detection="--detection" if LABEL == "nodule" else "",
         pred=lambda wildcards, input: ["--pred", f"{wildcards.experiment}={input.pred}"],
+        probabilities=probabilities_option,
         fold=[],
     shell:
-        "lungseg evaluate --case {input.case:q} --label {params.label:q} {params.pred:q} --no-baseline"
-        " {params.fold:q} {params.detection} -o {output:q} > {log:q} 2>&1"
+        "lungseg evaluate --case {input.case:q} --label {params.label:q} {params.pred:q} {params.probabilities:q}"
+        " --no-baseline {params.fold:q} {params.detection} -o {output:q} > {log:q} 2>&1"
 
 
 use rule evaluate as evaluate_out_of_fold with:
     input:
         pred=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.nii.gz",
+        probabilities=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.probabilities.nii.gz",
         case=f"{RESULTS}/ingest/{{case}}.h5",
         # the fold of the case (params) comes from the split checkpoint: a job run elsewhere (SLURM) needs it as input
         split=f"{RESULTS}/split.tsv",
@@ -40,6 +43,7 @@ use rule evaluate as evaluate_out_of_fold with:
         label=LABEL,
         detection="--detection" if LABEL == "nodule" else "",
         pred=lambda wildcards, input: ["--pred", f"{wildcards.experiment}={input.pred}"],
+        probabilities=probabilities_option,
         fold=lambda wildcards: ["--fold", str(fold_of_case(wildcards.case))],
 
 
@@ -58,7 +62,7 @@ rule evaluate_baselines:
     params:
         label=LABEL,
         detection="--detection" if LABEL == "nodule" else "",
-        preds=lambda wildcards, input: [arg for k, v in input.items() if k != "case" for arg in ("--pred", f"{k}={v}")],
+        preds=baseline_options,
     shell:
         "lungseg evaluate --case {input.case:q} --label {params.label:q} {params.preds:q} {params.detection}"
         " -o {output:q} > {log:q} 2>&1"

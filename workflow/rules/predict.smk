@@ -10,7 +10,9 @@ rule predict:
         # the classical lung mask: post-processing, and the region of a model trained on lung crops
         lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
     output:
-        f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz",
+        mask=f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.nii.gz",
+        # the foreground probability map (uint8, 255 p): the FROC of nodule detections is read from it
+        probabilities=f"{RESULTS}/experiments/{{experiment}}/predictions/{{case}}.probabilities.nii.gz",
     log:
         "logs/predict/{experiment}/{case}.log",
     benchmark:
@@ -26,7 +28,7 @@ rule predict:
         lung=lambda wildcards, input: ["--lung-mask", input.lung] if config["predict"]["restrict_to_lung"] else [],
         components=config["predict"]["largest_components"],
     shell:
-        "lungseg predict {input.case:q} {params.models:q} -o {output:q}"
+        "lungseg predict {input.case:q} {params.models:q} -o {output.mask:q} --probabilities {output.probabilities:q}"
         " --batch-size {params.batch_size} --threads {threads} --flips {params.flips:q} {params.roi:q} {params.lung:q}"
         " --largest-components {params.components} > {log:q} 2>&1"
 
@@ -38,7 +40,8 @@ use rule predict as predict_out_of_fold with:
         split=f"{RESULTS}/split.tsv",  # the case's fold (the model to use) comes from the split checkpoint
         lung=f"{RESULTS}/lungmask/{{case}}.nii.gz",
     output:
-        f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.nii.gz",
+        mask=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.nii.gz",
+        probabilities=f"{RESULTS}/experiments/{{experiment}}/out_of_fold/predictions/{{case}}.probabilities.nii.gz",
     log:
         "logs/predict_out_of_fold/{experiment}/{case}.log",
     benchmark:

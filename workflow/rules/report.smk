@@ -257,3 +257,62 @@ if config["report"]["sweep"]:
             folder=lambda wildcards, input: os.path.dirname(input[0]),
         shell:
             "lungseg report sweep --folder {params.folder:q} -o {output:q} > {log:q} 2>&1"
+
+
+if LABEL == "nodule":
+
+    rule froc_plot:
+        input:
+            f"{RESULTS}/metrics/summary.json",
+        output:
+            report(
+                f"{RESULTS}/report/froc.png",
+                caption="../report/froc.rst",
+                category="Evaluation",
+                subcategory="Figures",
+                labels={"figure": "FROC of nodule detection"},
+            ),
+        log:
+            "logs/froc_plot/froc_plot.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/froc_plot/froc_plot.tsv"
+        conda:
+            "../../envs/report.yaml"
+        shell:
+            "lungseg report froc --summary {input:q} -o {output:q} > {log:q} 2>&1"
+
+
+# the external test set (config external_test, workflow/rules/external.smk): its metrics beside the internal test
+# set's, the gap in one sentence, and the overlays
+if EXTERNAL:
+
+    rule external_page:
+        input:
+            internal=f"{RESULTS}/metrics/summary.json",
+            external=f"{EXTERNAL_DIR}/metrics/summary.json",
+            csv=f"{EXTERNAL_DIR}/metrics/metrics.csv",
+            overlays=lambda wildcards: list(external_overlays(wildcards).values()),
+        output:
+            report(
+                external_report_page(),
+                caption="../report/external.rst",
+                category="External test set",
+                labels={"page": "internal vs external test set"},
+            ),
+        log:
+            "logs/external_page/external_page.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/external_page/external_page.tsv"
+        conda:
+            "../../envs/report.yaml"
+        params:
+            name=EXTERNAL["name"],
+            reference=REFERENCE,
+            label=LABEL,
+            overlays=lambda wildcards: [
+                arg for key, png in external_overlays(wildcards).items() for arg in ("--overlay", f"{key}={png}")
+            ],
+        shell:
+            "lungseg report external --internal {input.internal:q} --external {input.external:q}"
+            " --external-csv {input.csv:q} --name {params.name:q} --reference {params.reference:q}"
+            " --label {params.label:q} {params.overlays:q} -o {output:q} > {log:q} 2>&1"

@@ -17,6 +17,13 @@ def _pair(text: str) -> tuple[Path, Path]:
     return Path(case), Path(pred)
 
 
+def _overlay(text: str) -> tuple[str, Path]:
+    caption, sep, png = text.partition("=")
+    if not sep or not caption or not png:
+        raise argparse.ArgumentTypeError(f"expected CAPTION=PNG, got {text!r}")
+    return caption, Path(png)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     sections = parser.add_subparsers(dest="section", metavar="SECTION", required=True)
     p = sections.add_parser("cohort", help="cohort table (HTML) from the ingested case files and the split")
@@ -45,6 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--worst", type=Path, required=True, help="PNG of the worst cases")
     p.add_argument("--best", type=Path, required=True, help="PNG of the best cases")
 
+    p = sections.add_parser("froc", help="FROC figure (PNG) of the nodule candidates, one line per method with its "
+                                         "95%% band; says so when there is no FROC (lung target)")
+    p.add_argument("--summary", type=Path, required=True, help="summary.json from `lungseg aggregate`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
+
     p = sections.add_parser("comparison", help="experiment comparison table (HTML) from `lungseg compare`")
     p.add_argument("--json", type=Path, required=True, help="comparison.json from `lungseg compare`")
     p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
@@ -59,6 +71,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sections.add_parser("sweep", help="table of a `lungseg sweep` (HTML) from its sweep.csv; nothing is rerun")
     p.add_argument("--folder", type=Path, required=True, metavar="DIR", help="the --out-dir of `lungseg sweep`")
+    p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
+
+    p = sections.add_parser("external", help="external test set (HTML): every method's metrics on the internal and "
+                                             "the external test set side by side, the gap, the overlays")
+    p.add_argument("--internal", type=Path, required=True, help="summary.json of the internal test set (`lungseg aggregate`)")
+    p.add_argument("--external", type=Path, required=True, help="summary.json of the external test set")
+    p.add_argument("--external-csv", type=Path, help="metrics.csv of the external test set: a per-case table")
+    p.add_argument("--name", required=True, help="the external test set's name (config external_test.name)")
+    p.add_argument("--reference", required=True, help="the experiment whose gap the page states in words")
+    p.add_argument("--label", default="lung", help="reference label name (default: lung)")
+    p.add_argument("--overlay", type=_overlay, action="append", default=[], metavar="CAPTION=PNG",
+                   help="an overlay to embed, e.g. unet/ext001=overlay.png (repeatable)")
     p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
 
     p = sections.add_parser("workflow", help="configuration, software versions and run times (HTML pages)")
@@ -87,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
         plot_extremes(args.csv, args.pair, args.label, args.worst, args.best, method=args.method, metric=args.metric,
                       n_cases=args.cases, n_slices=args.slices)
+    elif args.section == "froc":
+        from lungseg.report.froc import plot_froc
+
+        plot_froc(args.summary, args.output)
     elif args.section == "comparison":
         from lungseg.report.comparison import comparison_html, load
 
@@ -105,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"lungseg report sweep: error: {exc}", file=sys.stderr)
             return 1
         write_text_atomic(args.output, page)
+    elif args.section == "external":
+        from lungseg.report.external import external_html, load
+
+        write_text_atomic(args.output, external_html(load(args.internal), load(args.external), args.name,
+                                                     args.reference, label=args.label, overlays=args.overlay,
+                                                     external_csv=args.external_csv))
     elif args.section == "workflow":
         from lungseg.report.workflow_info import config_html, runtimes_html, versions_html
 
