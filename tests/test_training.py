@@ -62,7 +62,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def test_unet_rejects_too_small_input_and_unknown_arch() -> None:
     with pytest.raises(ValueError, match="at least 16 pixels"):
         UNet(base_channels=2, depth=4)(torch.zeros(1, 1, 15, 40))
-    with pytest.raises(ValueError, match="valid choices: dense_unet, unet, vgg16_unet"):
+    with pytest.raises(ValueError, match="valid choices: dense_unet, unet, unet3d, vgg16_unet"):
         build_model("resnet")
 
 

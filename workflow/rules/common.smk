@@ -237,8 +237,9 @@ def baseline_options(wildcards, input):
     options = []
     for name in [k for k in input.keys() if k != "case" and not k.endswith("_probabilities")]:
         options += ["--pred", f"{name}={input[name]}"]
-        if f"{name}_probabilities" in input.keys():
-            options += ["--probabilities", f"{name}={input[name + '_probabilities']}"]
+        probabilities = f"{name}_probabilities"
+        if probabilities in input.keys():
+            options += ["--probabilities", f"{name}={input[probabilities]}"]
     return options
 
 

@@ -343,7 +343,7 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
         raise ValueError(f"no slices to learn from: {len(train_ds)} training and {len(val_ds)} validation slices")
     if not train_ds.has_foreground:
         raise ValueError(
-            f"the training split has no voxel of '{config.label}' foreground in any of its {len(train_cases)} "
+            f"the training split has no slice with '{config.label}' foreground in any of its {len(train_cases)} "
             f"case(s) ({', '.join(Path(p).name for p in train_cases[:5])}{', ...' if len(train_cases) > 5 else ''}); "
             f"nothing to learn. Choose another --label, or a split whose training cases contain that label"
         )
