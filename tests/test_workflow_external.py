@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,32 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, SHARED_DATA
+from test_workflow_experiments import jobs, smk
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 LIDC = SHARED_DATA / "lidc-idri"
 #: the two LIDC-IDRI series in ../shared/data: folder (= DICOM PatientID) and reader XML
 LIDC_SERIES = {"lidc001": ("LIDC-IDRI-0001", "69.xml"), "lidc002": ("LIDC-IDRI-0003", "72.xml")}
-
-
-def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1500)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) of every job a Snakemake run or dry run lists."""
-    found: list[tuple[str, dict[str, str]]] = []
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith(("rule ", "localrule ", "checkpoint ")) and line.endswith(":"):
-            found.append((line.split()[1].rstrip(":"), {}))
-        elif line.startswith("wildcards: ") and found:
-            found[-1][1].update(item.split("=", 1) for item in line[len("wildcards: "):].split(", "))
-    return found
 
 
 def write_config(workdir: Path, **changes: object) -> dict:
