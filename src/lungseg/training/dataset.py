@@ -72,6 +72,20 @@ def roi_box(roi: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
     return y0, y0 + side, x0, x0 + side
 
 
+def check_labels(f: h5py.File, path: str, label: str, roi_label: str | None, roi_fix: str) -> None:
+    """ValueError (one line naming the file and the fix) unless the open case file ``f`` has ``label`` and
+    ``roi_label`` (None: no region of interest) on the image grid; ``roi_fix`` is the fix for a missing ROI label."""
+    labels = sorted(f["labels"].keys()) if "labels" in f else []
+    for name in [label] + ([roi_label] if roi_label is not None else []):
+        if name not in labels:
+            raise ValueError(f"case file {path} has no label '{name}' (it has: {', '.join(labels) or 'no labels'}); "
+                             f"choose one of those with --label/--roi-label, or ingest the case with that label"
+                             + (f", or {roi_fix}" if name == roi_label and name != label else ""))
+        if f["labels"][name].shape != f["image"].shape:
+            raise ValueError(f"case file {path}: label '{name}' has shape {f['labels'][name].shape}, "
+                             f"image has {f['image'].shape}")
+
+
 class SliceDataset(Dataset):
     """All axial slices of ``case_paths`` as ``(image (1, S, S), mask (1, S, S))`` float32 pairs.
 
@@ -127,19 +141,8 @@ class SliceDataset(Dataset):
         if not Path(path).is_file():
             raise FileNotFoundError(f"case file not found: {path}")
         with open_case(path) as f:
-            labels = sorted(f["labels"].keys()) if "labels" in f else []
-            needed = [self.label] + ([self.roi_label] if self.roi != "none" else [])
-            for name in needed:
-                if name not in labels:
-                    raise ValueError(
-                        f"case file {path} has no label '{name}' (it has: {', '.join(labels) or 'no labels'}); "
-                        f"choose one of those with --label/--roi-label, or ingest the case with that label"
-                        + (", or train on whole slices with --roi none (config train.roi: none)" if name == self.roi_label
-                           and name != self.label else "")
-                    )
-                if f["labels"][name].shape != f["image"].shape:
-                    raise ValueError(f"case file {path}: label '{name}' has shape {f['labels'][name].shape}, "
-                                     f"image has {f['image'].shape}")
+            check_labels(f, path, self.label, self.roi_label if self.roi != "none" else None,
+                         "train on whole slices with --roi none (config train.roi: none)")
             target = f["labels"][self.label]
             positive = np.array([target[z].any() for z in range(target.shape[0])], dtype=bool)
             box = None

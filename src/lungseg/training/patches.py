@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from lungseg.casefile import open_case
 from lungseg.geometry import Geometry
-from lungseg.training.dataset import augment_pair, item_seed
+from lungseg.training.dataset import augment_pair, check_labels, item_seed
 from lungseg.training.preprocess import normalize_hu
 
 #: foreground voxels kept per object, and region voxels per case, to draw centres from (memory bound)
@@ -244,16 +244,7 @@ class PatchDataset(Dataset):
             raise FileNotFoundError(f"case file not found: {path}")
         rng = np.random.default_rng(seed)
         with open_case(path) as f:
-            labels = sorted(f["labels"].keys()) if "labels" in f else []
-            needed = [self.label] + ([self.roi_label] if self.roi != "none" else [])
-            for name in needed:
-                if name not in labels:
-                    raise ValueError(f"case file {path} has no label '{name}' (it has: {', '.join(labels) or 'no labels'}); "
-                                     f"choose one of those with --label/--roi-label, or ingest the case with that label"
-                                     + (", or use --roi none" if name == self.roi_label and name != self.label else ""))
-                if f["labels"][name].shape != f["image"].shape:
-                    raise ValueError(f"case file {path}: label '{name}' has shape {f['labels'][name].shape}, "
-                                     f"image has {f['image'].shape}")
+            check_labels(f, path, self.label, self.roi_label if self.roi != "none" else None, "use --roi none")
             spacing = Geometry.from_attrs(f.attrs).spacing
             target = f["labels"][self.label][()] > 0
             components, n = ndimage.label(target, structure=_FULL)
