@@ -36,19 +36,23 @@ def load_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def _describe(values: np.ndarray, ci: tuple[float, float] | None) -> dict:
+    """Mean, std, median, min, max (None where undefined), the given CI and the count of ``values``."""
+    return {
+        "mean": float(values.mean()) if values.size else None,
+        "std": float(values.std(ddof=1)) if values.size > 1 else None,
+        "median": float(np.median(values)) if values.size else None,
+        "min": float(values.min()) if values.size else None,
+        "max": float(values.max()) if values.size else None,
+        "ci95": list(ci) if ci else None,
+        "n": int(values.size),
+    }
+
+
 def _metric_stats(values: np.ndarray, samples: int, seed: int) -> dict:
     finite = values[np.isfinite(values)]
-    ci = bootstrap_ci(finite, samples=samples, seed=seed)
-    return {
-        "mean": float(finite.mean()) if finite.size else None,
-        "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
-        "median": float(np.median(finite)) if finite.size else None,
-        "min": float(finite.min()) if finite.size else None,
-        "max": float(finite.max()) if finite.size else None,
-        "ci95": list(ci) if ci else None,
-        "n": int(finite.size),
-        "n_undefined": int(values.size - finite.size),
-    }
+    return {**_describe(finite, bootstrap_ci(finite, samples=samples, seed=seed)),
+            "n_undefined": int(values.size - finite.size)}
 
 
 def _detection_summary(subset: list[dict], samples: int, seed: int) -> dict:
@@ -73,16 +77,7 @@ def _pooled_stats(per_case: list[list[float]], samples: int, seed: int) -> dict:
     pooled = np.asarray([v for values in per_case for v in values], dtype=float)
     sums = np.asarray([float(np.sum(values)) for values in per_case])
     counts = np.asarray([len(values) for values in per_case], dtype=float)
-    ci = bootstrap_ratio_ci(sums, counts, samples=samples, seed=seed) if pooled.size else None
-    return {
-        "mean": float(pooled.mean()) if pooled.size else None,
-        "std": float(pooled.std(ddof=1)) if pooled.size > 1 else None,
-        "median": float(np.median(pooled)) if pooled.size else None,
-        "min": float(pooled.min()) if pooled.size else None,
-        "max": float(pooled.max()) if pooled.size else None,
-        "ci95": list(ci) if ci else None,
-        "n": int(pooled.size),
-    }
+    return _describe(pooled, bootstrap_ratio_ci(sums, counts, samples=samples, seed=seed) if pooled.size else None)
 
 
 def _nodule_summary(subset: list[dict], samples: int, seed: int) -> dict:
