@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungseg.docs_reference import machine
 from lungseg.evaluation.detection import detection_counts, label_nodules, match_nodules
 from lungseg.nodules.classical import NoduleBaselineParams, classical_nodule_candidates, paint_scores
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python benchmarks/bench_nodule_baseline.py",
                              *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
