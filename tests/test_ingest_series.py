@@ -150,17 +150,42 @@ def test_missing_slice_can_be_interpolated_when_allowed(demo, tmp_path):
     np.testing.assert_allclose(series.hu[6], np.rint((truth[5] + truth[7]) / 2), atol=1)
 
 
-def test_gantry_tilt_is_refused(demo, tmp_path):
-    folder = copy_series(demo.dicom_dir, tmp_path / "dicom")
+def _tilt(folder, per_slice_mm):
+    """Shift slice k (in z order) by k * per_slice_mm along y: a stack sheared as a gantry tilt shears it."""
 
     def tilt(ds, k):
         position = [float(v) for v in ds.ImagePositionPatient]
-        position[1] += 0.3 * position[2]  # sideways drift grows with z
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        position[1] += k * per_slice_mm
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
 
     edit(slice_files(folder), tilt)
-    with pytest.raises(IngestError, match="gantry tilt"):
+
+
+def test_gantry_tilt_is_resampled_slice_by_slice_onto_an_orthogonal_grid(demo, tmp_path):
+    folder = copy_series(demo.dicom_dir, tmp_path / "dicom")
+    dy, dz = demo.geometry.spacing[1], demo.geometry.spacing[2]
+    _tilt(folder, dy)  # one pixel per slice: the corrected slices are the originals, moved by whole rows
+    series = read_series(folder)
+    n, rows, cols = demo.shape
+    assert series.hu.shape == (n, rows + n - 1, cols)
+    truth = _truth(demo).hu
+    for k in range(n):
+        np.testing.assert_array_equal(series.hu[k, k : k + rows], truth[k])
+        assert (series.hu[k, :k] == AIR_HU).all() and (series.hu[k, k + rows :] == AIR_HU).all()
+    direction = np.asarray(series.geometry.direction).reshape(3, 3)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(series.geometry.origin, demo.geometry.origin, atol=1e-4)
+    angle = np.degrees(np.arctan(dy / dz))
+    assert series.provenance["gantry_tilt_deg"] == pytest.approx(angle, abs=0.01)
+    assert any(note.startswith(f"gantry tilt {angle:.1f} deg") for note in series.notes), series.notes
+
+
+def test_shear_beyond_a_gantry_tilt_is_refused(demo, tmp_path):
+    folder = copy_series(demo.dicom_dir, tmp_path / "dicom")
+    _tilt(folder, 2.0 * demo.geometry.spacing[2])  # 63 deg
+    with pytest.raises(IngestError, match="sheared 63 deg away from the slice normal") as error:
         read_series(folder)
+    assert "dcm2niix" in error.value.fix
 
 
 def test_target_spacing_resamples_image_and_labels_and_keeps_the_source_grid(demo, tmp_path):

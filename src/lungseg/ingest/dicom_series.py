@@ -1,9 +1,13 @@
 """Read one CT DICOM series into a Hounsfield-unit volume with its physical geometry.
 
 - Files: every non-hidden file below the folder (recursively) except known non-DICOM kinds
-  (annotation ``.xml``, ``.csv``, masks ...); DICOMDIR files are skipped; scouts/localizers are dropped
-  (with a note) when an axial series remains. A folder holding several series needs a selector
+  (annotation ``.xml``, ``.csv``, masks ...). Objects that are not image slices (DICOMDIR and other
+  directory files, RTSTRUCT, RTPLAN, RTDOSE, SEG, SR, presentation states, raw data, anything
+  without pixel data) and scouts/localizers are set aside with a note, as are image series of another
+  modality beside a CT series. Two or more CT series in one folder need a selector
   (:func:`lungseg.ingest.pseudonym.series_selector`, written by ``lungseg discover``).
+- Enhanced CT (one file, many frames; several files per series allowed): each frame is a slice, with
+  its position, orientation, pixel spacing and rescale from the Per-Frame / Shared Functional Groups.
 - Order: ImagePositionPatient projected on the slice normal, ascending (never file name or
   InstanceNumber).
 - HU = RescaleSlope * stored + RescaleIntercept (signed or unsigned storage); PixelPaddingValue
@@ -13,11 +17,14 @@
   JPEG 2000, RLE); a syntax without an installed decoder is refused with the package to install.
 - Spacing: duplicate positions and gaps wider than ``max_gap`` x the median step (a missing slice
   with the default 1.5) are refused; smaller irregularities are fixed by linear resampling onto a
-  uniform grid at the median step, and a note says so. Slices drifting sideways (gantry tilt) are
-  refused.
+  uniform grid at the median step, and a note says so.
+- Gantry tilt: slice positions drifting sideways (the stack sheared against the slice normal) are
+  corrected as dcm2niix does: each slice is moved in its own plane (linear interpolation) to where its
+  position puts it, onto an orthogonal grid (row, column, normal) widened to hold every slice; the
+  tilt (``gantry_tilt_deg``) and the resampling are noted. Shears beyond ``MAX_TILT_DEG`` are refused.
 
 Headers are read first with the pixel data deferred; pixel data are then read and converted slice by
-slice, in z order, into one preallocated int16 volume, each slice's raw bytes released before the next,
+slice, in z order, into one preallocated int16 volume, each file's raw bytes released once read,
 so memory stays at about one volume per case.
 """
 
@@ -30,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pydicom
+from pydicom.pixels import pixel_array
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 from tqdm import tqdm
@@ -39,9 +47,10 @@ from lungseg.ingest.errors import IngestError
 from lungseg.ingest.headers import (
     NON_DICOM_SUFFIXES,  # noqa: F401 - re-exported for older imports
     SliceHeader,
+    frame_headers,
     header_problem,
-    is_directory_record,
     list_candidate_files,
+    non_image_kind,
     orientation_normal,
     read_header,
     slice_header,
@@ -58,6 +67,8 @@ DEFAULT_MAX_GAP = 1.5
 DEFER_SIZE = "32 KB"
 #: sideways drift of slice positions (in pixels) tolerated before a series counts as tilted/sheared
 MAX_DRIFT_PIXELS = 0.5
+#: stacks sheared further than this from their slice normal are refused, not resampled (no gantry tilts that far)
+MAX_TILT_DEG = 45.0
 
 
 @dataclass
@@ -103,9 +114,13 @@ def _expected_bytes(ds: pydicom.Dataset) -> int:
     return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8
 
 
-def _to_hu(ds: pydicom.Dataset, path: Path, out: np.ndarray) -> None:
-    """One slice in HU into ``out`` (int16), padding and out-of-field-of-view values as air."""
+def _to_hu(
+    ds: pydicom.Dataset, path: Path, out: np.ndarray, frame: int = 0, rescale: tuple[float, float] | None = None
+) -> None:
+    """One slice (frame ``frame`` of a multi-frame file) in HU into ``out`` (int16), padding and
+    out-of-field-of-view values as air; ``rescale`` (slope, intercept) overrides the dataset's."""
     uid = UID(str(ds.file_meta.TransferSyntaxUID)) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         data = ds.PixelData
     except (AttributeError, OSError, EOFError) as exc:
@@ -113,7 +128,7 @@ def _to_hu(ds: pydicom.Dataset, path: Path, out: np.ndarray) -> None:
     if data is None:
         raise IngestError(path, "has no pixel data", "re-export this slice from the archive")
     if uid is not None and uid.is_transfer_syntax and not uid.is_compressed:
-        expected = _expected_bytes(ds)
+        expected = _expected_bytes(ds) * frames
         if len(data) < expected:
             raise IngestError(
                 path,
@@ -121,9 +136,9 @@ def _to_hu(ds: pydicom.Dataset, path: Path, out: np.ndarray) -> None:
                 "re-copy this file from the archive (the copy was cut short)",
             )
     try:
-        stored = _native_pixels(ds, uid) if uid is not None else None
+        stored = _native_pixels(ds, uid, frame) if uid is not None else None
         if stored is None:
-            stored = ds.pixel_array
+            stored = pixel_array(ds, index=frame) if frames > 1 else ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
         raise IngestError(
             path,
@@ -134,10 +149,11 @@ def _to_hu(ds: pydicom.Dataset, path: Path, out: np.ndarray) -> None:
         raise IngestError(
             path,
             f"has pixel data of shape {stored.shape}, not one {out.shape[0]}x{out.shape[1]} grey-level slice",
-            "use a single-frame CT series",
+            "use a single-frame or Enhanced CT series",
         )
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if rescale is None:
+        rescale = (float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0))
+    slope, intercept = rescale
     if slope == 1.0 and intercept.is_integer() and _fits_int16(stored.dtype, int(ds.BitsStored), int(intercept)):
         out[...] = stored  # exact: the stored range plus the intercept fits int16
         if intercept:
@@ -167,8 +183,9 @@ def _fits_int16(dtype: np.dtype, bits: int, intercept: int) -> bool:
     return low + intercept >= -32768 and high + intercept <= 32767 and low >= -32768 and high <= 32767
 
 
-def _native_pixels(ds: pydicom.Dataset, uid: UID) -> np.ndarray | None:
-    """Little-endian uncompressed 16-bit slices straight from the bytes (pydicom's general path is slower)."""
+def _native_pixels(ds: pydicom.Dataset, uid: UID, frame: int = 0) -> np.ndarray | None:
+    """Little-endian uncompressed 16-bit slices (frame ``frame``) straight from the bytes (pydicom's general
+    path is slower)."""
     if not uid.is_transfer_syntax or uid.is_compressed or not uid.is_little_endian:
         return None
     bits = int(ds.BitsStored)
@@ -176,7 +193,9 @@ def _native_pixels(ds: pydicom.Dataset, uid: UID) -> np.ndarray | None:
         return None
     signed = bool(int(ds.PixelRepresentation))
     rows, cols = int(ds.Rows), int(ds.Columns)
-    array = np.frombuffer(ds.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols).reshape(rows, cols)
+    array = np.frombuffer(
+        ds.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols, offset=2 * rows * cols * frame
+    ).reshape(rows, cols)
     if bits == 16:
         return array
     if signed:  # sign-extend from BitsStored, ignoring bits above HighBit
@@ -196,12 +215,14 @@ class Slice(NamedTuple):
     path: Path
     ds: pydicom.Dataset
     header: SliceHeader
+    frame: int = 0  # frame index in a multi-frame (Enhanced CT) file
 
 
 def _select_series(
     slices: list[Slice], folder: Path, selector: str | None, secret: str | None, notes: list[str]
 ) -> list[Slice]:
-    """The slices of the one image series in ``slices`` (by selector when several), scouts dropped."""
+    """The slices of the one CT image series in ``slices`` (by selector when several); scouts/localizers,
+    and image series of other modalities beside a CT series, are set aside with a note."""
     by_series: dict[str, list[Slice]] = {}
     for item in slices:
         by_series.setdefault(item.header.series_uid, []).append(item)
@@ -234,7 +255,13 @@ def _select_series(
             "point the case at the axial CT series, not the scout",
         )
     if n_scouts:
-        notes.append(f"dropped {n_scouts} scout/localizer image(s)")
+        notes.append(f"set aside {n_scouts} scout/localizer image(s)")
+    ct = {uid: items for uid, items in kept.items() if items[0].header.modality == "CT"}
+    if ct and len(ct) < len(kept):
+        other = Counter(items[0].header.modality or "unknown" for uid, items in kept.items() if uid not in ct)
+        n_other = sum(len(items) for uid, items in kept.items() if uid not in ct)
+        notes.append(f"set aside {n_other} image(s) of another modality ({', '.join(sorted(other))})")
+        kept = ct
     if len(kept) > 1:
         sizes = " + ".join(str(len(items)) for items in sorted(kept.values(), key=len, reverse=True))
         raise IngestError(
@@ -249,7 +276,7 @@ def _select_series(
 _FIXES = {
     "modality": "give lungseg a CT series",
     "colour": "remove screenshots/secondary captures; give the original CT slices",
-    "multi-frame": "export the series as single-frame (classic) CT images",
+    "multi-frame": "export the series as Enhanced CT or as single-frame (classic) CT images",
     "not axial": "give the axial series (lungseg reads axial CT; reformats are refused)",
 }
 
@@ -290,8 +317,18 @@ def _check_slices(items: list[Slice]) -> None:
             )
 
 
-def _order(items: list[Slice], folder: Path, max_gap: float) -> tuple[list[Slice], np.ndarray, np.ndarray]:
-    """Sort along the normal; refuse duplicates, wide gaps and drift. Returns (items, positions, normal)."""
+class Stack(NamedTuple):
+    """Slices sorted along the normal, their positions along it (mm, from the first) and their sideways
+    offsets (mm along the row and column directions, from the first; all zero unless tilted)."""
+
+    items: list[Slice]
+    positions: np.ndarray
+    normal: np.ndarray
+    sideways: np.ndarray
+
+
+def _order(items: list[Slice], folder: Path, max_gap: float) -> Stack:
+    """Sort along the normal; refuse duplicates, wide gaps and shears beyond a gantry tilt."""
     first = items[0].header
     normal = np.asarray(orientation_normal(first.orientation))
     points = np.asarray([item.header.position for item in items])
@@ -299,6 +336,7 @@ def _order(items: list[Slice], folder: Path, max_gap: float) -> tuple[list[Slice
     order = np.argsort(along, kind="stable")
     items = [items[i] for i in order]
     points, along = points[order], along[order]
+    sideways = np.zeros((len(items), 2))
     if len(items) > 1:
         steps = np.diff(along)
         if np.any(steps < 1e-3):
@@ -321,16 +359,63 @@ def _order(items: list[Slice], folder: Path, max_gap: float) -> tuple[list[Slice
                 "(or let lungseg interpolate over gaps up to N slices with --max-gap N)",
             )
         offsets = points - points[0]
+        row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
         drift = offsets - np.outer(offsets @ normal, normal)
-        worst = float(np.max(np.linalg.norm(drift, axis=1)))
-        if worst > MAX_DRIFT_PIXELS * min(first.pixel_spacing):
-            raise IngestError(
-                folder,
-                f"has slice positions drifting {worst:.1f} mm sideways across the series "
-                "(gantry tilt or sheared stack)",
-                "correct the tilt first (e.g. dcm2niix) and give the resulting NIfTI volume",
-            )
-    return items, along - along[0], normal
+        if float(np.max(np.linalg.norm(drift, axis=1))) > MAX_DRIFT_PIXELS * min(first.pixel_spacing):
+            sideways = np.column_stack([drift @ row, drift @ col])
+            angle = abs(tilt_angle(sideways, along))
+            if angle > MAX_TILT_DEG:
+                raise IngestError(
+                    folder,
+                    f"has slice positions sheared {angle:.0f} deg away from the slice normal (more than a gantry "
+                    f"tilt of {MAX_TILT_DEG:.0f} deg: a mixed or reformatted stack?)",
+                    "give the series as acquired, one series per folder, or correct it first (e.g. dcm2niix) and "
+                    "give the resulting NIfTI volume",
+                )
+    return Stack(items, along - along[0], normal, sideways)
+
+
+def tilt_angle(sideways: np.ndarray, positions: np.ndarray) -> float:
+    """Gantry tilt (deg) of a stack: its sideways shift against its extent along the normal, signed by the
+    shift along the column direction (the usual tilt axis) or, failing that, along the row direction."""
+    shift = sideways[-1] - sideways[0]
+    extent = float(positions[-1] - positions[0])
+    angle = float(np.degrees(np.arctan2(np.linalg.norm(shift), extent)))
+    axis = 1 if abs(shift[1]) >= abs(shift[0]) else 0
+    return angle if shift[axis] >= 0 else -angle
+
+
+def _untilt(hu: np.ndarray, sideways: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each slice moved in its plane to where its positions say it lies (bilinear interpolation), onto one
+    orthogonal grid that covers all of them (air elsewhere): the gantry-tilt correction of dcm2niix.
+
+    ``sideways``: per slice (mm along row, mm along column); ``spacing``: (along row, along column) mm.
+    Returns the volume and the grid's offset from the first slice's origin (mm along row, column)."""
+    low = sideways.min(axis=0)
+    shifts = np.round((sideways - low) / np.asarray(spacing, dtype=float), 4)  # pixels (x, y) to move by, >= 0
+    extra = np.ceil(shifts.max(axis=0) - 1e-6).astype(int)
+    shape = (hu.shape[1] + int(extra[1]), hu.shape[2] + int(extra[0]))
+    out = np.empty((hu.shape[0], *shape), dtype=np.int16)
+    for k in range(hu.shape[0]):
+        out[k] = np.clip(np.rint(_shifted(hu[k], shifts[k, 1], shifts[k, 0], shape)), AIR_HU, MAX_HU)
+    return out, low
+
+
+def _shifted(image: np.ndarray, dy: float, dx: float, shape: tuple[int, int]) -> np.ndarray:
+    """``out[j, i] = image(j - dy, i - dx)`` (bilinear, air outside ``image``) on a grid of ``shape``."""
+    iy, ix = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = dy - iy, dx - ix
+    out = np.zeros(shape, dtype=np.float32)
+    canvas = np.empty(shape, dtype=np.float32)
+    for oy, wy in ((iy, 1.0 - fy), (iy + 1, fy)):
+        for ox, wx in ((ix, 1.0 - fx), (ix + 1, fx)):
+            if wy * wx < 1e-6:
+                continue
+            canvas.fill(AIR_HU)
+            rows, cols = min(image.shape[0], shape[0] - oy), min(image.shape[1], shape[1] - ox)
+            canvas[oy : oy + rows, ox : ox + cols] = image[:rows, :cols]
+            out += np.float32(wy * wx) * canvas
+    return out
 
 
 def _uniform_grid(positions: np.ndarray) -> tuple[np.ndarray, float, bool]:
@@ -357,6 +442,58 @@ def _resample_z(hu: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.nd
     return out
 
 
+def _set_aside_note(kinds: Counter) -> str:
+    """'set aside 2 non-image object(s) beside the slices: RTSTRUCT, SEG' (kind names, never UIDs)."""
+    listed = ", ".join(f"{kind}" + (f" x{n}" if n > 1 else "") for kind, n in sorted(kinds.items()))
+    return f"set aside {sum(kinds.values())} non-image object(s) beside the slices: {listed}"
+
+
+def _read_slices(folder: Path, scrubber: Scrubber | None, notes: list[str]) -> list[Slice]:
+    """Every image slice (every frame of an Enhanced CT file) below ``folder``, non-image objects set aside."""
+    slices = []
+    aside: Counter = Counter()
+    learnt: set[tuple[str, str]] = set()
+    for path in list_dicom_files(folder):
+        ds = read_header(path, pixels=True, defer_size=DEFER_SIZE)
+        key = (str(ds.get("SeriesInstanceUID", "")), str(ds.get("PatientID", "")))
+        if scrubber is not None and key not in learnt:  # identities are per patient and series
+            scrubber.learn(ds)
+            learnt.add(key)
+        kind = non_image_kind(ds)
+        if kind is not None:
+            aside[kind] += 1
+            continue
+        if "SeriesInstanceUID" not in ds or ("Rows" in ds and "PixelData" not in ds):
+            raise IngestError(
+                path,
+                "is an incomplete DICOM file (it ends before its series UID or pixel data: cut short?)",
+                "re-copy this file from the archive, or remove it",
+            )
+        header = slice_header(ds)
+        if header.enhanced and header.frames > 1:
+            slices += [Slice(path, ds, frame, k) for k, frame in enumerate(frame_headers(ds))]
+        else:
+            slices.append(Slice(path, ds, header))
+    if aside:
+        notes.append(_set_aside_note(aside))
+    if not slices:
+        raise IngestError(folder, "contains no DICOM image files", "check the path in the case sheet")
+    return slices
+
+
+def _read_pixels(items: list[Slice], progress: bool) -> np.ndarray:
+    """The HU volume of ``items`` (in their order); each file's pixel data released once fully read."""
+    first = items[0].header
+    hu = np.empty((len(items), first.rows, first.columns), dtype=np.int16)
+    remaining = Counter(id(item.ds) for item in items)
+    for k, item in enumerate(tqdm(items, desc="slices", unit="slice", disable=not progress, leave=False)):
+        _to_hu(item.ds, item.path, hu[k], item.frame, item.header.rescale)
+        remaining[id(item.ds)] -= 1
+        if not remaining[id(item.ds)] and "PixelData" in item.ds:
+            del item.ds.PixelData  # keep headers only
+    return hu
+
+
 def read_series(
     folder: Path,
     *,
@@ -369,42 +506,26 @@ def read_series(
     """Read, check and order one CT series from ``folder`` (see the module docstring)."""
     folder = Path(folder)
     notes: list[str] = []
-    datasets = []
-    non_images = 0
-    learnt: set[tuple[str, str]] = set()
-    for path in list_dicom_files(folder):
-        ds = read_header(path, pixels=True, defer_size=DEFER_SIZE)
-        key = (str(ds.get("SeriesInstanceUID", "")), str(ds.get("PatientID", "")))
-        if scrubber is not None and key not in learnt:  # identities are per patient and series
-            scrubber.learn(ds)
-            learnt.add(key)
-        if is_directory_record(ds):
-            notes.append("skipped a DICOMDIR file")
-            continue
-        if "SeriesInstanceUID" not in ds or ("Rows" in ds and "PixelData" not in ds):
-            raise IngestError(
-                path,
-                "is an incomplete DICOM file (it ends before its series UID or pixel data: cut short?)",
-                "re-copy this file from the archive, or remove it",
-            )
-        if "PixelData" not in ds:
-            non_images += 1  # structured reports, presentation states ... beside the slices
-            continue
-        datasets.append(Slice(path, ds, slice_header(ds)))
-    if non_images:
-        notes.append(f"skipped {non_images} non-image DICOM object(s)")
-    if not datasets:
-        raise IngestError(folder, "contains no DICOM image files", "check the path in the case sheet")
-    items = _select_series(datasets, folder, selector, secret, notes)
+    items = _select_series(_read_slices(folder, scrubber, notes), folder, selector, secret, notes)
     _check_slices(items)
-    items, positions, normal = _order(items, folder, max_gap)
-
+    stack = _order(items, folder, max_gap)
+    items, positions, normal = stack.items, stack.positions, stack.normal
     first = items[0].header
-    hu = np.empty((len(items), first.rows, first.columns), dtype=np.int16)
-    for k, (path, ds, _) in enumerate(tqdm(items, desc="slices", unit="slice", disable=not progress, leave=False)):
-        _to_hu(ds, path, hu[k])
-        if "PixelData" in ds:
-            del ds.PixelData  # keep headers only
+    row_spacing, col_spacing = first.pixel_spacing
+    row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
+    hu = _read_pixels(items, progress)
+    origin = np.asarray(first.position, dtype=float)
+    provenance_tilt: dict[str, float] = {}
+    if np.any(stack.sideways):
+        angle = tilt_angle(stack.sideways, positions)
+        size = hu.shape[1:]
+        hu, offset = _untilt(hu, stack.sideways, (col_spacing, row_spacing))
+        origin = origin + offset[0] * row + offset[1] * col
+        notes.append(
+            f"gantry tilt {angle:.1f} deg (from the slice positions): each slice moved in its plane onto an "
+            f"orthogonal grid (linear), {size[0]}x{size[1]} -> {hu.shape[1]}x{hu.shape[2]} pixels"
+        )
+        provenance_tilt = {"gantry_tilt_deg": round(angle, 2)}
     target, dz, resample = _uniform_grid(positions)
     if resample:
         steps = np.diff(positions)
@@ -416,11 +537,9 @@ def read_series(
     if len(items) == 1:
         dz = float(items[0].ds.get("SpacingBetweenSlices") or items[0].ds.get("SliceThickness") or 1.0)
 
-    row_spacing, col_spacing = first.pixel_spacing
-    row, col = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:])
     geometry = Geometry(
         spacing=(col_spacing, row_spacing, dz),
-        origin=first.position,
+        origin=tuple(float(v) for v in origin),
         direction=tuple(np.column_stack([row, col, normal]).ravel().tolist()),
     )
     ds0 = items[0].ds
@@ -432,6 +551,8 @@ def read_series(
         "manufacturer": str(ds0.get("Manufacturer", "") or ""),
         "transfer_syntax": syntax.name if syntax is not None else "",
         "storage": "signed" if int(ds0.get("PixelRepresentation", 0) or 0) else "unsigned",
+        **({"enhanced_ct_files": len({item.path for item in items})} if first.enhanced else {}),
+        **provenance_tilt,
     }
     return SeriesVolume(
         hu=hu,
