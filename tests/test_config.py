@@ -98,7 +98,7 @@ def test_ingest_section_defaults(config):
     old = copy.deepcopy(config)
     old.pop("ingest")
     check_config(old, SCHEMA)
-    assert old["ingest"] == {"target_spacing": None, "max_gap": 1.5, "lidc_agreement": 0.5}
+    assert old["ingest"] == {"target_spacing": None, "max_gap": 1.5, "lidc_agreement": 0.5, "structure_labels": {}}
 
 
 def test_defaults_are_filled_and_not_shared(config):

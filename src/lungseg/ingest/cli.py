@@ -1,7 +1,8 @@
 """``lungseg ingest``: one scan (DICOM folder or volume) + labels -> per-case HDF5 (the code the workflow runs).
 
 ``lungseg ingest INPUT --case-id ID [--label NAME=PATH ...] [--lidc-xml FILE] [--luna16 CSV]
-[--target-spacing X Y Z] [--series SELECTOR] -o CASE.h5 [--status STATUS.json]``
+[--rtstruct FILE] [--seg FILE] [--structure-labels JSON] [--target-spacing X Y Z] [--series SELECTOR]
+-o CASE.h5 [--status STATUS.json]``
 
 Without ``--status`` bad input exits 1 with one line naming the file and the fix. With ``--status``
 bad input is quarantined instead: STATUS.json records ``{"case_id", "status": "quarantined", "file",
@@ -35,6 +36,24 @@ def _label_arg(text: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. lung=lung.nii.gz), got {text!r}")
     return name, Path(path)
+
+
+def _structure_labels(text: str) -> dict:
+    """``--structure-labels``: a JSON object, or a JSON/YAML file holding one (ROI/segment names -> labels)."""
+    import yaml
+
+    from lungseg.ingest.structure_map import parse_mapping
+
+    try:
+        value = yaml.safe_load(Path(text).read_text()) if not text.lstrip().startswith("{") else json.loads(text)
+        parse_mapping(value)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object {{label: [names]}} or {{label: {{value: [names]}}}}, or a file holding one ({exc})"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping of labels to ROI/segment names, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -71,6 +90,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"LIDC consensus: fraction of a nodule's readers that must agree (default {DEFAULT_AGREEMENT})",
     )
     parser.add_argument("--luna16", type=Path, metavar="CSV", help="LUNA16 annotations.csv: spherical nodule label")
+    parser.add_argument(
+        "--rtstruct", type=Path, metavar="FILE", help="RT Structure Set drawn on this series: contours -> labels (lung, tumour)"
+    )
+    parser.add_argument("--seg", type=Path, metavar="FILE", help="DICOM-SEG drawn on this series: segments -> labels")
+    parser.add_argument(
+        "--structure-labels",
+        type=_structure_labels,
+        metavar="JSON",
+        help="ROI/segment names -> labels for --rtstruct/--seg, as JSON or a JSON/YAML file: {label: [names or globs]} "
+        "or {label: {value: [...]}} (config ingest.structure_labels; default: lungs -> lung 1 right / 2 left, GTV* -> tumour)",
+    )
     parser.add_argument(
         "--target-spacing",
         type=_positive,
@@ -117,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
             labels=dict(args.label),
             lidc_xml=args.lidc_xml,
             luna16=args.luna16,
+            rtstruct=args.rtstruct,
+            seg=args.seg,
+            structure_labels=args.structure_labels,
             target_spacing=tuple(args.target_spacing) if args.target_spacing else None,
             selector=args.series,
             secret=secret,

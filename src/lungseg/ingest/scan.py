@@ -1,9 +1,12 @@
-"""Ingest one scan: DICOM folder or ITK volume (+ masks, LIDC XML, LUNA16 CSV) -> :class:`~lungseg.casefile.CaseVolume`.
+"""Ingest one scan: DICOM folder or ITK volume (+ masks, LIDC XML, LUNA16 CSV, RTSTRUCT, DICOM-SEG) -> a case.
 
-Labels land on the scan's own grid first (masks resampled in physical space, LIDC ROIs matched to
-slices, LUNA16 spheres from world coordinates); with ``target_spacing`` the image is then resampled
-(linear) and every label and annotation mask with it (nearest), and the scan's own grid is kept in
-the case file's ``source_*`` attributes.
+The result is a :class:`~lungseg.casefile.CaseVolume`. Labels land on the scan's own grid first
+(masks resampled in physical space, LIDC ROIs matched to slices, LUNA16 spheres from world
+coordinates, RTSTRUCT contours and DICOM-SEG frames placed in physical space, their structures named
+by ``structure_labels``); a label given as a mask wins over the same label from an RTSTRUCT, and an
+RTSTRUCT's over a SEG's (noted). With ``target_spacing`` the image is then resampled (linear) and
+every label and annotation mask with it (nearest), and the scan's own grid is kept in the case
+file's ``source_*`` attributes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from lungseg.ingest.lidc import DEFAULT_AGREEMENT, SliceMap, lidc_attrs, rasteri
 from lungseg.ingest.luna16 import luna16_attrs, luna16_labels
 from lungseg.ingest.pseudonym import Scrubber
 from lungseg.ingest.resample import resample_volume, target_grid
+from lungseg.ingest.rtstruct import read_rtstruct_labels
+from lungseg.ingest.seg_labels import read_seg_labels
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
@@ -35,6 +40,10 @@ class IngestOptions:
     labels: dict[str, Path] = field(default_factory=dict)
     lidc_xml: Path | None = None
     luna16: Path | None = None
+    rtstruct: Path | None = None
+    seg: Path | None = None
+    #: structure names -> labels for RTSTRUCT/SEG (``ingest.structure_labels``; None: the defaults)
+    structure_labels: dict | None = None
     target_spacing: tuple[float, float, float] | None = None
     selector: str | None = None
     secret: str | None = None
@@ -136,6 +145,25 @@ def ingest_scan(
         annotation_attrs.update(luna16_attrs(table))
         label_arrays.setdefault("nodule", (numbered > 0).astype(np.uint8))
         notes += luna_notes
+    # a DICOM scan's series UID is checked against the structure set's reference; a volume file has none
+    series_uid = scan.series_uid if scan.provenance.get("source_kind") != "volume" else None
+    for kind, path in (("RTSTRUCT", options.rtstruct), ("SEG", options.seg)):
+        if path is None:
+            continue
+        if kind == "RTSTRUCT":
+            found, found_notes = read_rtstruct_labels(path, scan.geometry, shape, series_uid, options.structure_labels)
+        else:
+            found, found_notes = read_seg_labels(
+                path, scan.geometry, shape, series_uid, options.structure_labels, _slice_map(scan).uid_to_slice
+            )
+        if series_uid is None:
+            found_notes.insert(0, "series reference not checked (the scan is a volume file)")
+        for name, array in found.items():
+            if name in label_arrays:
+                found_notes.append(f"label {name} kept from an earlier source, the {kind}'s left out")
+            else:
+                label_arrays[name] = array
+        notes += [f"{kind}: {note}" for note in found_notes]
 
     image, geometry, source_geometry = scan.hu, scan.geometry, None
     if options.target_spacing is not None:
