@@ -114,6 +114,9 @@ def test_discovery_finds_the_axial_ct_series(tree, tmp_path, monkeypatch):
         "series",
         "n_slices",
         "lidc_xml",
+        "luna16",
+        "rtstruct",
+        "seg",
         "label_lung",
         "label_nodule",
     ]

@@ -9,8 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
-from lungseg.ingest.dicom_series import list_dicom_files
-from lungseg.ingest.errors import IngestError
+from lungseg.ingest.fingerprint import folder_fingerprint
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.experiments import reference_experiment, resolve_experiments
 from lungseg.lungmask.methods import baseline_name
@@ -108,6 +107,26 @@ def case_table():
     return _sheet_at(sheet, os.stat(sheet).st_mtime_ns)
 
 
+#: discover settings naming a table -> the `lungseg discover` option it goes to
+DISCOVER_TABLES = {"luna16_annotations": "--luna16", "diagnosis_table": "--diagnosis"}
+
+
+def discover_inputs(wildcards):
+    """The tables discovery reads besides the archive (LUNA16 annotations, diagnosis table), when set."""
+    return {key: config["discover"][key] for key in DISCOVER_TABLES if config["discover"].get(key)}
+
+
+def discover_annotation_args(wildcards, input):
+    """`lungseg discover` options for those tables, each an argument of its own (shell-quoted by the rule)."""
+    args = []
+    for key, option in DISCOVER_TABLES.items():
+        if key in input.keys():
+            args += [option, input[key]]
+    if config["discover"].get("diagnosis_patient_column"):
+        args += ["--diagnosis-patient-column", config["discover"]["diagnosis_patient_column"]]
+    return args
+
+
 def all_cases():
     """Every case of the sheet, good or bad (each gets an ingest status)."""
     return sorted(case_table())
@@ -165,23 +184,33 @@ def case_file(case):
     return f"{RESULTS}/ingest/{case}.h5"
 
 
-def scan_files(case):
-    """Every file of a case's scan, listed as inputs so that changing one reruns that case only: the
-    series' slices, or a volume (with the .raw/.zraw of a .mhd)."""
-    source = Path(case_table()[case]["dicom"])
-    if config["source"] == "demo":
-        return [str(source / name) for name in DEMO_DICOM_NAMES]
+def scan_inputs(source):
+    """The inputs standing for a scan: a volume (with the .raw/.zraw of a .mhd), or the DICOM series folder
+    itself (its mtime changes when a slice is added or removed; a changed slice reaches the job through
+    :func:`scan_fingerprint`). Listing every slice instead costs Snakemake ~20 ms per case of 250 slices."""
+    source = Path(source)
     if source.is_file():
         data = [source.with_suffix(s) for s in (".raw", ".zraw")] if source.suffix == ".mhd" else []
         return [str(source)] + [str(p) for p in data if p.is_file()]
-    try:
-        return [str(p) for p in list_dicom_files(source)]
-    except IngestError:  # missing or empty folder: the ingest job quarantines the case with the reason
-        return []
+    return [str(source)] if source.is_dir() else []  # missing: the ingest job quarantines the case with the reason
+
+
+def scan_files(case):
+    """The inputs of a case's scan: the demo's slices (outputs of its rule), else :func:`scan_inputs`."""
+    source = Path(case_table()[case]["dicom"])
+    if config["source"] == "demo":
+        return [str(source / name) for name in DEMO_DICOM_NAMES]
+    return scan_inputs(source)
+
+
+def scan_fingerprint(wildcards):
+    """Size and mtime digest of every file of a DICOM folder (a parameter: a changed slice reruns the case)."""
+    source = case_table()[wildcards.case]["dicom"] if config["source"] != "demo" else ""
+    return folder_fingerprint(source) if source else ""
 
 
 #: optional case sheet columns -> the `lungseg ingest` option their file goes to
-ANNOTATION_COLUMNS = {"lidc_xml": "--lidc-xml", "luna16": "--luna16"}
+ANNOTATION_COLUMNS = {"lidc_xml": "--lidc-xml", "luna16": "--luna16", "rtstruct": "--rtstruct", "seg": "--seg"}
 
 
 def ingest_inputs(wildcards):
@@ -193,6 +222,11 @@ def ingest_inputs(wildcards):
 
 
 def ingest_args(wildcards, input):
+    """`lungseg ingest` options of one case of the sheet: see :func:`ingest_options`."""
+    return ingest_options(case_table()[wildcards.case], input)
+
+
+def ingest_options(row, input):
     """`lungseg ingest` options of one case (labels, annotations, series selector, config's ingest
     section) as a list of arguments, each shell-quoted where the ingest job pastes them (`{params.options:q}`)."""
     args = []
@@ -202,7 +236,6 @@ def ingest_args(wildcards, input):
     for key, option in ANNOTATION_COLUMNS.items():
         if key in input.keys():
             args += [option, input[key]]
-    row = case_table()[wildcards.case]
     if row.get("series"):  # one series of a folder holding several (a sheet of `lungseg discover` without links)
         args += [
             "--series",
@@ -214,6 +247,8 @@ def ingest_args(wildcards, input):
     if settings.get("target_spacing"):
         args += ["--target-spacing", *(str(s) for s in settings["target_spacing"])]
     args += ["--max-gap", str(settings["max_gap"]), "--agreement", str(settings["lidc_agreement"])]
+    if settings.get("structure_labels") and any(k in input.keys() for k in ("rtstruct", "seg")):
+        args += ["--structure-labels", json.dumps(settings["structure_labels"], sort_keys=True)]
     return args
 
 
@@ -399,15 +434,12 @@ EXTERNAL_CASES = _external_case_table()
 
 
 def external_scan_files(case):
-    """Every file of an external case's scan: the series' slices, or a volume (with the .raw/.zraw of a .mhd)."""
-    source = Path(EXTERNAL_CASES[case]["dicom"])
-    if source.is_file():
-        data = [source.with_suffix(s) for s in (".raw", ".zraw")] if source.suffix == ".mhd" else []
-        return [str(source)] + [str(p) for p in data if p.is_file()]
-    try:
-        return [str(p) for p in list_dicom_files(source)]
-    except IngestError:  # missing or empty folder: the ingest job quarantines the case with the reason
-        return []
+    """The inputs of an external case's scan (:func:`scan_inputs`)."""
+    return scan_inputs(EXTERNAL_CASES[case]["dicom"])
+
+
+def external_scan_fingerprint(wildcards):
+    return folder_fingerprint(EXTERNAL_CASES[wildcards.case]["dicom"])
 
 
 def external_ingest_inputs(wildcards):
@@ -419,27 +451,8 @@ def external_ingest_inputs(wildcards):
 
 
 def external_ingest_args(wildcards, input):
-    """`lungseg ingest` options of one external case, as :func:`ingest_args` gives them for the cohort's."""
-    args = []
-    for key, path in input.items():
-        if key.startswith("label_"):
-            args += ["--label", f"{key[len('label_'):]}={path}"]
-    for key, option in ANNOTATION_COLUMNS.items():
-        if key in input.keys():
-            args += [option, input[key]]
-    row = EXTERNAL_CASES[wildcards.case]
-    if row.get("series"):
-        args += [
-            "--series",
-            row["series"],
-            "--secret-env",
-            config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY"),
-        ]
-    settings = config["ingest"]
-    if settings.get("target_spacing"):
-        args += ["--target-spacing", *(str(s) for s in settings["target_spacing"])]
-    args += ["--max-gap", str(settings["max_gap"]), "--agreement", str(settings["lidc_agreement"])]
-    return args
+    """`lungseg ingest` options of one external case, as :func:`ingest_options` gives them for the cohort's."""
+    return ingest_options(EXTERNAL_CASES[wildcards.case], input)
 
 
 def external_status_files(wildcards):

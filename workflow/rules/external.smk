@@ -20,6 +20,7 @@ if EXTERNAL:
         params:
             source=lambda wildcards: EXTERNAL_CASES[wildcards.case]["dicom"],
             options=external_ingest_args,
+            fingerprint=external_scan_fingerprint,
 
     # which external cases go on: those not in this table (a checkpoint); fails when none could be ingested
     checkpoint external_quarantine:

@@ -6,6 +6,8 @@
 if config["source"] == "discover":
 
     checkpoint discover:
+        input:
+            unpack(discover_inputs),
         output:
             cases=f"{RESULTS}/discovered/cases.tsv",
             skipped=report(
@@ -17,6 +19,8 @@ if config["source"] == "discover":
             ),
             # one folder of links per series: pseudonymous paths in the sheet, inputs and logs
             links=directory(f"{RESULTS}/discovered/series"),
+            # the diagnosis table keyed by patient pseudonym (header only without discover.diagnosis_table)
+            diagnosis=f"{RESULTS}/discovered/diagnosis.tsv",
         log:
             "logs/discover/discover.log",
         benchmark:
@@ -27,9 +31,11 @@ if config["source"] == "discover":
             root=config["discover"]["root"],
             min_slices=config["discover"]["min_slices"],
             secret_env=config["discover"]["secret_env"],
+            annotations=discover_annotation_args,
         shell:
             "lungseg discover {params.root:q} -o {output.cases:q} --skipped {output.skipped:q} --link-dir {output.links:q}"
-            " --min-slices {params.min_slices} --secret-env {params.secret_env:q} --no-progress > {log:q} 2>&1"
+            " --diagnosis-out {output.diagnosis:q} --min-slices {params.min_slices} --secret-env {params.secret_env:q}"
+            " {params.annotations:q} --no-progress > {log:q} 2>&1"
 
 
 rule ingest:
@@ -47,9 +53,11 @@ rule ingest:
     params:
         source=lambda wildcards: case_table()[wildcards.case]["dicom"],
         options=ingest_args,
+        fingerprint=scan_fingerprint,  # not in the command: a changed slice changes it, which reruns the case
+    # the scan path after `--`: a folder name starting with a dash stays a path
     shell:
-        "lungseg ingest {params.source:q} --case-id {wildcards.case:q} {params.options:q}"
-        " -o {output.case:q} --status {output.status:q} > {log:q} 2>&1"
+        "lungseg ingest --case-id {wildcards.case:q} {params.options:q} -o {output.case:q} --status {output.status:q}"
+        " -- {params.source:q} > {log:q} 2>&1"
 
 
 rule quarantine_table:

@@ -2,7 +2,10 @@
 
 Writes the case sheet (see :mod:`lungseg.ingest.discover` for its columns) and, beside it unless
 ``--skipped`` says otherwise, ``discovery_skipped.tsv`` (path, reason) listing scouts, non-axial,
-non-CT, too-short series and unreadable files. Case and patient IDs are keyed pseudonyms: the secret
+non-CT, too-short series, unreadable files and label objects it could not attach. ``--luna16`` attaches a
+LUNA16 annotations.csv to the series it has rows of; ``--diagnosis`` re-keys a clinical table keyed by
+PatientID (e.g. TCIA's LIDC-IDRI diagnosis data saved as CSV) by patient pseudonym into
+``diagnosis.tsv`` beside -o (``--diagnosis-out``). Case and patient IDs are keyed pseudonyms: the secret
 comes from ``$LUNGSEG_PSEUDONYM_KEY`` (``--secret-env``) or ``--secret-file``; without one the command
 refuses to run unless ``--allow-default-secret`` (public secret, demo data only). Exits 1 with a
 message when no series qualifies (both tables are still written).
@@ -38,6 +41,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="make LINK_DIR/<case_id>/ with one link per slice and point the sheet there "
         "(pseudonymous paths, one series per folder)",
     )
+    parser.add_argument(
+        "--luna16", type=Path, metavar="CSV", help="LUNA16 annotations.csv: attached to each series it has rows of"
+    )
+    parser.add_argument(
+        "--diagnosis",
+        type=Path,
+        metavar="TABLE",
+        help="CSV/TSV keyed by PatientID (e.g. TCIA's diagnosis data): written keyed by patient pseudonym",
+    )
+    parser.add_argument(
+        "--diagnosis-patient-column",
+        metavar="NAME",
+        help="the table's patient ID column (default: the first whose name reads like 'patient id')",
+    )
+    parser.add_argument(
+        "--diagnosis-out",
+        type=Path,
+        help="re-keyed table to write (default: diagnosis.tsv beside -o; without --diagnosis a header-only table)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -55,11 +77,29 @@ def run(args: argparse.Namespace) -> int:
         link_dir=args.link_dir,
         progress=not args.no_progress,
         scrubber=scrub,
+        luna16=args.luna16,
+        diagnosis=args.diagnosis,
+        diagnosis_patient_column=args.diagnosis_patient_column,
     )
     skipped_path = args.skipped or args.output.with_name("discovery_skipped.tsv")
     write_table(args.output, found.cases, CASE_COLUMNS)
     write_table(skipped_path, found.skipped, SKIPPED_COLUMNS)
     log.info("%d series -> %s; %d skipped -> %s", len(found.cases), args.output, len(found.skipped), skipped_path)
+    for kind in ("lidc_xml", "luna16", "rtstruct", "seg"):
+        log.info("%s attached to %d of %d series", kind, sum(1 for c in found.cases if c[kind]), len(found.cases))
+    if found.diagnosis is None and args.diagnosis_out:  # the workflow's checkpoint always names this output
+        write_table(args.diagnosis_out, [], ("patient_id",))
+    if found.diagnosis is not None:
+        diagnosis_path = args.diagnosis_out or args.output.with_name("diagnosis.tsv")
+        write_table(diagnosis_path, found.diagnosis.rows, tuple(found.diagnosis.columns))
+        log.info(
+            "diagnosis: %d row(s) of archive patients -> %s; %d row(s) of other patients dropped; "
+            "%d archive patient(s) without a row",
+            len(found.diagnosis.rows),
+            diagnosis_path,
+            found.diagnosis.unmatched_rows,
+            found.diagnosis.patients_without_row,
+        )
     if not found.cases:
         raise IngestError(
             args.root,

@@ -21,9 +21,8 @@ from lungseg.ingest.errors import IngestError
 COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 
 
-def read_annotations(path: Path, series_uid: str) -> list[tuple[np.ndarray, float]]:
-    """(centre xyz mm, diameter mm) of every row of ``series_uid``."""
-    path = Path(path)
+def _rows(path: Path) -> list[dict[str, str]]:
+    """Every row of a LUNA16 annotations.csv, its columns checked."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -34,9 +33,20 @@ def read_annotations(path: Path, series_uid: str) -> list[tuple[np.ndarray, floa
                     f"lacks column(s) {sorted(missing)} of a LUNA16 annotations.csv",
                     "give LUNA16's annotations.csv (seriesuid,coordX,coordY,coordZ,diameter_mm)",
                 )
-            rows = [row for row in reader if row["seriesuid"].strip() == series_uid]
+            return list(reader)
     except OSError as exc:
         raise IngestError(path, f"cannot be read ({exc.strerror})", "check the annotation path") from exc
+
+
+def annotated_series(path: Path) -> set[str]:
+    """The series UIDs that have at least one row (discovery attaches the file to those series)."""
+    return {row["seriesuid"].strip() for row in _rows(Path(path))} - {""}
+
+
+def read_annotations(path: Path, series_uid: str) -> list[tuple[np.ndarray, float]]:
+    """(centre xyz mm, diameter mm) of every row of ``series_uid``."""
+    path = Path(path)
+    rows = [row for row in _rows(path) if row["seriesuid"].strip() == series_uid]
     out = []
     for row in rows:
         try:
