@@ -1,6 +1,8 @@
 """``lungseg demo-cohort``: write synthetic chest CT cases (DICOM series + NIfTI labels).
 
-Output names only case ids and paths, never the fake patient identity inside the DICOM files.
+``--layout lidc_archive`` writes the same cases as a TCIA-style LIDC-IDRI archive with reader XML
+(:mod:`lungseg.demo.lidc_archive`). Output names only case ids and paths, never the fake patient
+identity inside the DICOM files.
 """
 
 from __future__ import annotations
@@ -8,10 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tqdm import tqdm
+
 from lungseg.demo.cohort import demo_case_ids, write_demo_cohort
+from lungseg.demo.lidc_archive import write_lidc_archive_case
 from lungseg.demo.phantom import NODULE_EDGES, NODULE_KINDS, NODULE_POSITIONS, NoduleSettings
 
 DEFAULT_SEED = 2026
+LAYOUTS = ("cases", "lidc_archive")
 _NODULES = NoduleSettings()  # the defaults: the cohort as it has always been drawn
 
 
@@ -53,6 +59,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
              "it the nodule covers, the label is the voxels at least half covered) "
              f"(default {_NODULES.edges})",
     )
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="cases",
+        help="cases: <out>/<case>/dicom + labels/ (the default); lidc_archive: <out> is a TCIA-style LIDC-IDRI "
+             "archive (<out>/LIDC-DEMO-<case>/<study>/<series>/ with 1-NNN.dcm slices and the reader XML of four "
+             "simulated readers with ratings; folder names with spaces, an apostrophe and brackets)",
+    )
+    parser.add_argument(
+        "--truth", type=Path, metavar="DIR",
+        help="with --layout lidc_archive: also write the ground truth to DIR/<case>/labels/ (lung.nii.gz, "
+             "nodule.nii.gz, nodules.json with each nodule's malignancy and the readers' ratings)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -87,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("lungseg demo-cohort: --n-cases must be >= 1")
     settings = nodule_settings(args)
     case_ids = args.cases if args.cases is not None else demo_case_ids(args.n_cases)
+    if args.layout == "lidc_archive":
+        return _run_lidc_archive(args, case_ids, settings)
+    if args.truth is not None:
+        raise SystemExit("lungseg demo-cohort: --truth needs --layout lidc_archive (the cases layout holds its labels)")
     try:
         cases = write_demo_cohort(
             args.out, len(case_ids), args.seed, n_slices=args.slices, size=args.size,
@@ -96,4 +117,18 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"lungseg demo-cohort: {exc}") from exc
     for case in cases:
         print(f"{case.case_id}\t{case.case_dir}", flush=True)
+    return 0
+
+
+def _run_lidc_archive(args: argparse.Namespace, case_ids: list[str], settings: NoduleSettings) -> int:
+    """Write the cases into the archive ``args.out``; print each case id and its series folder."""
+    for case_id in tqdm(case_ids, desc="demo cases", unit="case", disable=args.no_progress or len(case_ids) < 2):
+        try:
+            case = write_lidc_archive_case(
+                case_id, args.out, args.seed, n_slices=args.slices, size=args.size, nodule_settings=settings,
+                truth_root=args.truth,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"lungseg demo-cohort: {exc}") from exc
+        print(f"{case.case_id}\t{case.paths.series_dir}", flush=True)
     return 0
