@@ -621,6 +621,17 @@ def _bench_inference(data: dict) -> list[str]:
     return out
 
 
+def _bench_gpu_check(data: dict) -> list[str]:
+    env = data.get("environment") or {}
+    gpus = ", ".join(f"{g.get('name')} ({g.get('memory_gib')} GiB)" for g in env.get("gpus") or []) or "none"
+    versions = ", ".join(f"{k} {env.get(k)}" for k in ("driver", "cuda_runtime", "cudnn", "nccl", "torch"))
+    rows = [[_code(f"{section}.{name}"), _md(str(result.get("status", "")).split(":")[0]),
+             _md(result.get("summary") or result.get("status", ""))]
+            for section, checks in (data.get("checks") or {}).items() for name, result in checks.items()]
+    return [f"Form **{data.get('form')}**; GPU {_md(gpus)}; {_md(versions)}.", "",
+            _table(["check", "status", "result"], rows), ""]
+
+
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(data, dict):
         items = []
@@ -657,6 +668,10 @@ BENCHMARKS = [  # (file name prefix, title, renderer, what it measures)
     ("nodule_baseline", "Classical nodule baseline", _bench_generic,
      "`benchmarks/bench_nodule_baseline.py`: the classical nodule detector on demo phantoms (per-nodule sensitivity, "
      "false positives per scan, IoU, FROC), its run time on a 300×512×512 volume, and the LIDC-IDRI series."),
+    ("gpu_check", "GPU check", _bench_gpu_check,
+     "`benchmarks/gpu_check.sh`: lungseg's CUDA path in one run: GPU against CPU training step, checkpoints across "
+     "devices, NCCL DDP, bf16 training throughput (bare and pipeline) with the distributed U-Net paper's workload, "
+     "GPU inference of a 300-slice volume ([how-to](how-to/gpu-check.md))."),
     ("fanout", "Fan-out of experiments × folds", _bench_generic,
      "`benchmarks/bench_fanout.py`: per-job overhead of training jobs against training time, and `snakemake -n` time."),
 ]
