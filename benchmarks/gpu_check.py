@@ -446,16 +446,23 @@ def check_predict(sizes: Sizes, work: Path, model_path: Path, cuda: bool, thread
         "shape": list(cli_mask.shape), "mask_equals_api": same,
         "summary": f"`lungseg predict` on {scan.hu.shape[0]} slices of {scan.hu.shape[1]}² ran ({cli_s:.1f} s incl. start-up); "
                    f"its mask {'equals' if same else 'DIFFERS from'} lungseg.api.Segmenter's on the CPU"})]
-    note = ("`lungseg predict` has no --device option (it always runs on the CPU); its GPU path is "
-            "lungseg.api.Segmenter(device=...)")
+    note = "probabilities through lungseg.api.Segmenter(device=...); masks through `lungseg predict --device cuda`"
     if not cuda:
         checks.append(("predict_gpu_vs_cpu", skipped(NO_CUDA, note=note)))
         return checks
+    gpu_out = out.with_name("mask_gpu.nii.gz")
+    gpu_cmd = [sys.executable, "-m", "lungseg", "predict", case, "--model", str(model_path), "-o", str(gpu_out),
+               "--threads", str(threads), "--device", GPU]
+    proc = subprocess.run(gpu_cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        checks.append(("predict_gpu_vs_cpu", {"status": "failed", "why": f"`lungseg predict --device {GPU}` exit "
+                                              f"{proc.returncode}", "log_tail": proc.stderr[-2000:]}))
+        return checks
+    gpu_mask, _ = read_volume(str(gpu_out))
     gpu_seg = Segmenter(model_path, device=GPU, batch_size=16)
-    gpu_mask = gpu_seg.predict(scan)
     p_gpu = predict_probabilities(gpu_seg.models, gpu_seg.metas, scan.hu, progress=False)
     result = compare_probabilities(p_gpu, p_cpu, TOLERANCE["probability"])
-    result.update(note=note, gpu_mask_voxels_differing_from_cli=int((gpu_mask != cli_mask).sum()),
+    result.update(note=note, gpu_cli_mask_voxels_differing_from_cpu_cli=int((gpu_mask != cli_mask).sum()),
                   summary=f"probabilities on the GPU vs the CPU: max difference {result.get('max_abs_difference')} "
                           f"(tol {TOLERANCE['probability']}), {result.get('decisive_voxels_flipped')} decisive voxels flipped")
     checks.append(("predict_gpu_vs_cpu", result))

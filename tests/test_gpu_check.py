@@ -70,7 +70,7 @@ def test_cpu_form_checks_really_ran(cpu_form) -> None:
     assert c["correctness"]["train_step_fp32"]["cpu_reference_step"]["ran"]
     assert c["correctness"]["train_step_fp32"]["cpu_reference_step"]["update_norm"] > 0
     assert c["correctness"]["predict_cli_cpu"]["mask_equals_api"]
-    assert "no --device option" in c["correctness"]["predict_gpu_vs_cpu"]["note"]
+    assert "lungseg predict --device cuda" in c["correctness"]["predict_gpu_vs_cpu"]["note"]
     ddp = c["ddp"]["lungseg_train_torchrun"]
     assert ddp["exit_code"] == 0 and ddp["processes"] == min(2, len(os.sched_getaffinity(0)))
     assert ddp["backend"] in ("gloo", "none (one process forms no process group)")

@@ -293,3 +293,24 @@ def test_ensemble_of_models_that_do_not_agree_is_a_clear_error(tmp_path, capsys)
     models, metas = zip(*(load_predictor(tmp_path / n) for n in ("lung.pt", "nodule.pt")))
     with pytest.raises(ValueError, match="model 2 of the ensemble segments 'nodule'"):
         predict_probabilities(list(models), list(metas), hu, progress=False)
+
+
+def test_device_option_auto_equals_cpu_here_and_a_missing_cuda_is_refused(tmp_path):
+    """``--device``: ``auto`` picks CUDA only where there is one (the GPU check compares the two there)."""
+    hu = smooth_volume(shape=(4, 48, 48))
+    geometry = Geometry((0.8, 0.8, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    write_volume(str(tmp_path / "ct.nii.gz"), hu, geometry)
+    save_model(balanced_model(hu), tmp_path / "model.pt")
+    base = ["predict", str(tmp_path / "ct.nii.gz"), "--model", str(tmp_path / "model.pt"), "--threads", "1"]
+    assert main([*base, "--device", "cpu", "-o", str(tmp_path / "cpu.nii.gz")]) == 0
+    assert main([*base, "--device", "auto", "-o", str(tmp_path / "auto.nii.gz")]) == 0
+    cpu, _ = read_volume(str(tmp_path / "cpu.nii.gz"))
+    auto, _ = read_volume(str(tmp_path / "auto.nii.gz"))
+    if torch.cuda.is_available():
+        assert (cpu != auto).mean() < 0.001
+    else:
+        assert (cpu == auto).all()
+        with pytest.raises(SystemExit, match="no usable CUDA device"):
+            main([*base, "--device", "cuda", "-o", str(tmp_path / "cuda.nii.gz")])
+    with pytest.raises(SystemExit, match="is not a torch device"):
+        main([*base, "--device", "gpu0", "-o", str(tmp_path / "bad.nii.gz")])

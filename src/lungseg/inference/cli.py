@@ -42,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "post-processing), e.g. for an FROC analysis of nodule detections")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default: 16)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="torch device of the network: cpu (default; the workflow predicts on CPU nodes), cuda, "
+                             "cuda:1, or auto (cuda when one is available)")
     parser.add_argument("--flips", choices=list(FLIPS), default="none",
                         help="test-time flips averaged with the plain prediction: x = left-right, y = front-back, "
                              "xy = both and their combination (default: none)")
@@ -106,6 +109,19 @@ def _roi_mask(args: argparse.Namespace, model_path: Path, meta: dict, hu: np.nda
     return _region(args.roi_mask, hu, geometry, computed)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device``: a torch device; ``auto`` is cuda when available; a CUDA device without CUDA is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SystemExit(f"lungseg predict: error: --device {name!r} is not a torch device (cpu, cuda, cuda:1, auto)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"lungseg predict: error: --device {name} but this machine has no usable CUDA device; use cpu or auto")
+    return device
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.batch_size < 1 or args.largest_components < 0 or (args.threads is not None and args.threads < 1):
@@ -114,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # fail fast on a wrong model or models that cannot be averaged, before reading the study
     models, metas = load_ensemble(args.model)
+    device = resolve_device(args.device)
+    models = [m.to(device) for m in models]
     meta = metas[0]
     hu, geometry, name = _load_study(args.input)
     computed: dict[str, np.ndarray] = {}
@@ -132,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     if args.probabilities is not None:
         write_volume(str(args.probabilities), probability_bytes(probabilities), geometry)
     write_volume(str(args.output), mask, geometry)
-    log.info("%s: %d slices of %dx%d, %d %s model(s) (roi %s), flips %s, %d threads: inference %.2f s (%.1f ms/slice); "
+    log.info("%s: %d slices of %dx%d, %d %s model(s) (roi %s), flips %s, %s, %d threads: inference %.2f s (%.1f ms/slice); "
              "%d voxels -> %s", name, *hu.shape, len(models), meta.get("label", "?"), model_roi(meta)["mode"], args.flips,
-             torch.get_num_threads(), seconds,
+             device, torch.get_num_threads(), seconds,
              1000 * seconds / max(hu.shape[0], 1), int(mask.sum()), args.output)
     return 0
