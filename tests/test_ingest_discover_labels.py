@@ -15,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lungseg.cli import main
 from lungseg.ingest.discover import discover
-from lungseg.ingest.discover_labels import RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS, LabelObject, attach_label_objects
+from lungseg.ingest.label_objects import RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS, LabelObject, attach_label_objects
 from lungseg.ingest.pseudonym import case_pseudonym, patient_pseudonym
 
 SECRET = "test-secret-labels"

@@ -17,7 +17,8 @@ from lungseg.casefile import read_case
 from lungseg.cli import main
 from lungseg.geometry import Geometry
 from lungseg.ingest.errors import IngestError
-from lungseg.ingest.rtstruct import RTSTRUCT_SOP_CLASS, fill_even_odd, parse_ds, read_rtstruct_labels
+from lungseg.ingest.label_objects import RTSTRUCT_SOP_CLASS
+from lungseg.ingest.rtstruct import fill_even_odd, parse_ds, read_rtstruct_labels
 from lungseg.ingest.scan import IngestOptions, ingest_scan, read_source
 from lungseg.ingest.structure_map import DEFAULT_STRUCTURE_LABELS, match
 from tests.ingest_data import demo_case

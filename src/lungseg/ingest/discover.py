@@ -22,7 +22,7 @@ Case sheet columns (tab-separated), one row per series, sorted by case_id:
               link folder, the link ``LINKS/<case_id>/lidc.xml`` to it), or empty
 ``luna16``    the LUNA16 ``annotations.csv`` given to discovery when it has rows of this series, or empty
 ``rtstruct``, ``seg``  an RT Structure Set / DICOM-SEG in the tree that references this series (see
-              :mod:`lungseg.ingest.discover_labels`; with a link folder, a link in ``LINKS/<case_id>.labels/``),
+              :mod:`lungseg.ingest.label_objects`; with a link folder, a link in ``LINKS/<case_id>.labels/``),
               or empty
 ``label_lung``, ``label_nodule``  empty, to fill in by hand
 
@@ -51,7 +51,6 @@ from tqdm import tqdm
 
 from lungseg.atomic import atomic_path
 from lungseg.ingest.diagnosis import DiagnosisTable, pseudonymise_diagnosis
-from lungseg.ingest.discover_labels import LABEL_KINDS, LabelObject, attach_label_objects, label_object
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.headers import (
     NON_DICOM_SUFFIXES,
@@ -61,6 +60,7 @@ from lungseg.ingest.headers import (
     read_header,
     slice_header,
 )
+from lungseg.ingest.label_objects import LABEL_KINDS, LabelObject, attach_label_objects, label_object
 from lungseg.ingest.luna16 import annotated_series
 from lungseg.ingest.pseudonym import Scrubber, case_pseudonym, patient_pseudonym, series_selector
 

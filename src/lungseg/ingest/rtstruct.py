@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from lungseg.geometry import Geometry
 from lungseg.ingest.errors import IngestError
+from lungseg.ingest.label_objects import check_referenced_series, open_label_object
 from lungseg.ingest.structure_map import Mapping, Structure, assign, combine_structures, parse_mapping
 
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 CONTOUR_DATA = 0x30060050
 #: a contour counts as lying in one slice plane when its points are within this many slice steps of it
 PLANE_TOLERANCE = 0.1
@@ -110,27 +109,8 @@ def read_rtstruct(
     ``wanted``: given the ROI names, those whose contours to read (None: all); the others come without contours.
     """
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError) as exc:
-        raise IngestError(path, "cannot be read as DICOM", "give the RTSTRUCT file (an RT Structure Set)") from exc
-    if str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS and ds.get("Modality") != "RTSTRUCT":
-        raise IngestError(path, f"is not an RT Structure Set (modality {ds.get('Modality', 'none')})",
-                          "give the RTSTRUCT file drawn on this series")
-    if series_uid:
-        referenced = {
-            str(series.get("SeriesInstanceUID", ""))
-            for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
-            for study in frame.get("RTReferencedStudySequence", [])
-            for series in study.get("RTReferencedSeriesSequence", [])
-        }
-        referenced.discard("")
-        if referenced and series_uid not in referenced:
-            raise IngestError(
-                path,
-                "references another series than the scan it is given with (RTReferencedSeriesSequence)",
-                "give the RTSTRUCT drawn on this series (or the series it was drawn on)",
-            )
+    ds, obj = open_label_object(path, "rtstruct")
+    check_referenced_series(obj, series_uid)
     names = {int(r.ROINumber): str(r.get("ROIName", f"ROI {r.ROINumber}")) for r in ds.get("StructureSetROISequence", [])}
     rois = {number: RoiContours(name) for number, name in names.items()}
     for roi_contour in ds.get("ROIContourSequence", []):

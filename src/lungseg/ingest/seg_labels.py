@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from scipy.ndimage import affine_transform
 
 from lungseg.geometry import Geometry
 from lungseg.ingest.errors import IngestError
+from lungseg.ingest.label_objects import check_referenced_series, open_label_object
 from lungseg.ingest.structure_map import Mapping, Structure, assign, combine_structures, parse_mapping
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 #: a frame counts as parallel to the scan's slices when its corners are within this many slice steps of one plane
 PLANE_TOLERANCE = 0.1
 
@@ -71,21 +70,8 @@ def _source_uid(frame_groups: pydicom.Dataset | None) -> str:
 def read_seg(path: Path, series_uid: str | None = None) -> SegObject:
     """Segments and frames of a DICOM-SEG file; refuses one that references another series than ``series_uid``."""
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError) as exc:
-        raise IngestError(path, "cannot be read as DICOM", "give the DICOM-SEG file drawn on this series") from exc
-    if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS and ds.get("Modality") != "SEG":
-        raise IngestError(path, f"is not a DICOM Segmentation (modality {ds.get('Modality', 'none')})",
-                          "give the DICOM-SEG file drawn on this series")
-    if series_uid:
-        referenced = {str(s.get("SeriesInstanceUID", "")) for s in ds.get("ReferencedSeriesSequence", [])} - {""}
-        if referenced and series_uid not in referenced:
-            raise IngestError(
-                path,
-                "references another series than the scan it is given with (ReferencedSeriesSequence)",
-                "give the DICOM-SEG drawn on this series (or the series it was drawn on)",
-            )
+    ds, obj = open_label_object(path, "seg")
+    check_referenced_series(obj, series_uid)
     kind = str(ds.get("SegmentationType", "BINARY")).upper()
     if kind not in ("BINARY", "FRACTIONAL"):
         raise IngestError(path, f"has SegmentationType {kind}", "give a BINARY or FRACTIONAL segmentation")

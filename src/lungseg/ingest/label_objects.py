@@ -1,4 +1,4 @@
-"""Label objects found by discovery (RTSTRUCT, DICOM-SEG) and the series they belong to.
+"""Label objects (RTSTRUCT, DICOM-SEG): what they reference, read once for discovery and ingest.
 
 A structure set or segmentation is attached to the CT series it references: by the referenced
 SeriesInstanceUID (RTSTRUCT: Referenced Frame of Reference -> RT Referenced Study -> RT Referenced
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.errors import InvalidDicomError
+
+from lungseg.ingest.errors import IngestError
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -52,6 +55,32 @@ def label_object(ds: pydicom.Dataset, path: Path) -> LabelObject | None:
         frame = str(ds.get("FrameOfReferenceUID", "") or "")
         return LabelObject("seg", path, frozenset(series), frozenset({frame} - {""}))
     return None
+
+
+def open_label_object(path: Path, kind: str) -> tuple[pydicom.Dataset, LabelObject]:
+    """Read a whole ``kind`` ("rtstruct" | "seg") file: its dataset and references; IngestError if it is not one."""
+    name = LABEL_KINDS[kind]
+    what = "an RT Structure Set" if kind == "rtstruct" else "a DICOM Segmentation"
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError) as exc:
+        raise IngestError(path, "cannot be read as DICOM", f"give the {name} file drawn on this series") from exc
+    obj = label_object(ds, Path(path))
+    if obj is None or obj.kind != kind:
+        raise IngestError(path, f"is not {what} (modality {ds.get('Modality', 'none')})",
+                          f"give the {name} file drawn on this series")
+    return ds, obj
+
+
+def check_referenced_series(obj: LabelObject, series_uid: str | None) -> None:
+    """IngestError when ``obj`` names the series it was drawn on and ``series_uid`` is not one of them."""
+    if series_uid and obj.series and series_uid not in obj.series:
+        sequence = "RTReferencedSeriesSequence" if obj.kind == "rtstruct" else "ReferencedSeriesSequence"
+        raise IngestError(
+            obj.path,
+            f"references another series than the scan it is given with ({sequence})",
+            f"give the {LABEL_KINDS[obj.kind]} drawn on this series (or the series it was drawn on)",
+        )
 
 
 @dataclass
