@@ -18,10 +18,17 @@
      skimage / scipy (its former implementation)
    Prints the ratio of each method to the raw read (the issue's bar: threshold_3d >= 200 slices/s per
    core and >= 0.5x the raw read).
-3. Overlays of the threshold_3d mask on the real slices in ``../shared/data``:
+3. Clinical contours (``../shared/data/nsclc-radiomics``: planning CTs with an RTSTRUCT, rasterised by
+   :func:`lungseg.ingest.rtstruct.read_rtstruct_labels`): Dice of ``threshold_3d`` against the clinical
+   lung contours (whole, right, left) beside the plain 3-D threshold of the issue
+   (:mod:`lungseg.lungmask.plain`: -400 HU, border air removed, two largest components, holes
+   filled), the fraction of the tumour (GTV) inside each mask, and the mask's rate against the read
+   rate of the same series (lungseg's reader, ``read_series``; CPU time, one core, best of
+   ``--repeats``; the issue's bar: >= 0.5x).
+4. Overlays of the threshold_3d mask on the real slices in ``../shared/data``:
    ``benchmarks/results/lungmask_overlay_<series>.png``.
 
-Writes ``benchmarks/results/lungmask.json`` (``--skip-quality`` / ``--skip-speed`` keep that section of
+Writes ``benchmarks/results/lungmask.json`` (``--skip-quality`` / ``--skip-speed`` / ``--skip-clinical`` keep that section of
 the previous run; result files written before the rename use the method names ``default`` and ``seed001``).
 Run: ``.venv/bin/python benchmarks/bench_lungmask.py``.
 """
@@ -55,9 +62,12 @@ from timing import best_times  # noqa: E402
 
 from lungseg.casefile import CaseVolume, read_case, write_case  # noqa: E402
 from lungseg.demo.cohort import demo_case_ids, generate_demo_scan, write_demo_case  # noqa: E402
+from lungseg.ingest.dicom_series import read_series  # noqa: E402
+from lungseg.ingest.rtstruct import read_rtstruct_labels  # noqa: E402
 from lungseg.ingest.scan import read_scan  # noqa: E402
 from lungseg.lungmask.cli import compute_mask  # noqa: E402
 from lungseg.lungmask.methods import METHODS as METHOD_NAMES  # noqa: E402
+from lungseg.lungmask.plain import lung_mask_plain_threshold  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -195,6 +205,43 @@ def speed(series: list[tuple[str, Path]], work_dir: Path, repeats: int) -> dict:
     }
 
 
+def clinical(repeats: int) -> dict:
+    """Both masks against the clinical lung contours of every planning CT in ``nsclc-radiomics``, and the
+    mask's rate against the read rate of the same series (one core, CPU time)."""
+    rows = []
+    for case in sorted((SHARED / "nsclc-radiomics").glob("*/")):
+        structure_sets = sorted((case / "rtstruct").glob("*.dcm"))
+        if not (case / "image").is_dir() or not structure_sets:
+            continue
+        scan = read_series(case / "image")
+        labels, _ = read_rtstruct_labels(structure_sets[0], scan.geometry, scan.hu.shape, scan.series_uid)
+        lung, tumour = labels["lung"], labels.get("tumour")
+        seconds = best_times({
+            "read": lambda folder=case / "image": read_series(folder),
+            "threshold_3d": lambda hu=scan.hu, g=scan.geometry: compute_mask(hu, g, "threshold_3d"),
+            "plain_threshold": lambda hu=scan.hu: lung_mask_plain_threshold(hu),
+        }, repeats)["cpu"]
+        masks = {"threshold_3d": compute_mask(scan.hu, scan.geometry, "threshold_3d").mask,
+                 "plain_threshold": lung_mask_plain_threshold(scan.hu)}
+        n = scan.hu.shape[0]
+        row: dict = {"case": case.name, "slices": n, "matrix": list(scan.hu.shape[1:]),
+                     "spacing_mm": [round(v, 3) for v in scan.geometry.spacing],
+                     "slices_per_cpu_s": {k: round(n / v, 1) for k, v in seconds.items()},
+                     "ratio_threshold_3d_vs_read": round(seconds["read"] / seconds["threshold_3d"], 3)}
+        for method, mask in masks.items():
+            row[method] = {"dice": round(_dice(mask > 0, lung > 0), 4)}
+            if method == "threshold_3d":
+                row[method]["dice_right"] = round(_dice(mask == 1, lung == 1), 4)
+                row[method]["dice_left"] = round(_dice(mask == 2, lung == 2), 4)
+            if tumour is not None and tumour.any():
+                row[method]["tumour_inside"] = round(float((mask[tumour > 0] > 0).mean()), 4)
+        row["tumour_inside_clinical_lung"] = (round(float((lung[tumour > 0] > 0).mean()), 4)
+                                              if tumour is not None and tumour.any() else None)
+        rows.append(row)
+    return {"reference": "clinical RTSTRUCT lung contours (Lung-Right + Lung-Left), voxel centres inside the polygons",
+            "per_case": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=30, help="demo cases of 48 x 256 x 256 for quality")
@@ -204,6 +251,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2026, help="demo cohort seed (the workflow's default)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-clinical", action="store_true")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -229,6 +277,11 @@ def main() -> int:
               f"{s['ratio_per_slice_otsu_vs_pydicom_raw']}, threshold_3d / per_slice_otsu = "
               f"{s['ratio_threshold_3d_vs_per_slice_otsu']}, per_slice_otsu / its per-slice implementation = "
               f"{s['ratio_per_slice_otsu_vs_per_slice']}")
+    if not args.skip_clinical and (SHARED / "nsclc-radiomics").is_dir():
+        out["clinical"] = clinical(args.repeats)
+        for row in out["clinical"]["per_case"]:
+            print(f"{row['case']}: threshold_3d Dice {row['threshold_3d']} vs plain threshold {row['plain_threshold']}; "
+                  f"slices per CPU second {row['slices_per_cpu_s']}, threshold_3d / read = {row['ratio_threshold_3d_vs_read']}")
     if SHARED.is_dir():
         out["overlays"] = [str(p.relative_to(REPO)) for p in write_overlays(SHARED, RESULTS)]
     RESULTS.mkdir(parents=True, exist_ok=True)

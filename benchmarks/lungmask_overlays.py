@@ -30,11 +30,14 @@ def _rgb(hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def write_overlays(shared: Path, out_dir: Path) -> list[Path]:
-    """Write the overlay PNGs of every series under ``shared`` (LIDC-IDRI and the JPEG 2000 series)."""
-    series = sorted((shared / "lidc-idri").glob("LIDC-IDRI-*")) + [shared / "ct-jpeg2000" / "example_ct_dicom"]
+    """Write the overlay PNGs of every series under ``shared`` (LIDC-IDRI, the JPEG 2000 series, the
+    NSCLC-Radiomics planning CTs)."""
+    series = [(f.name, f) for f in sorted((shared / "lidc-idri").glob("LIDC-IDRI-*"))]
+    series.append(("example_ct_dicom", shared / "ct-jpeg2000" / "example_ct_dicom"))
+    series += [(f.name, f / "image") for f in sorted((shared / "nsclc-radiomics").glob("*"))]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for folder in series:
+    for name, folder in series:
         if not folder.is_dir():
             continue
         hu, geometry, _ = read_scan(folder)
@@ -48,19 +51,19 @@ def write_overlays(shared: Path, out_dir: Path) -> list[Path]:
             ax.set_title(f"slice {z}", fontsize=9)
             ax.axis("off")
         note = "; ".join(result.notes) or f"right {int((mask == 1).sum())} / left {int((mask == 2).sum())} voxels"
-        fig.suptitle(f"{folder.name}: default lung mask (right red, left blue) - {note}", fontsize=10)
+        fig.suptitle(f"{name}: default lung mask (right red, left blue) - {note}", fontsize=10)
         fig.tight_layout()
-        path = out_dir / f"lungmask_overlay_{folder.name}.png"
+        path = out_dir / f"lungmask_overlay_{name}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
         z = int(np.argmax((mask > 0).sum(axis=(1, 2))))
         fig, ax = plt.subplots(figsize=(8, 8))
         ax.imshow(_rgb(hu[z], mask[z]), interpolation="nearest")
-        ax.set_title(f"{folder.name} slice {z}", fontsize=10)
+        ax.set_title(f"{name} slice {z}", fontsize=10)
         ax.axis("off")
         fig.tight_layout()
-        path = out_dir / f"lungmask_overlay_{folder.name}_slice{z}.png"
+        path = out_dir / f"lungmask_overlay_{name}_slice{z}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)

@@ -86,6 +86,8 @@ def test_counts_and_upsampling():
         assert full.shape == volume.shape
         assert np.array_equal(full[: cut[0] : factors[0], : cut[1] : factors[1], : cut[2] : factors[2]], coarse)
         assert not full[:, cut[1]:].any() and not full[:, :, cut[2]:].any()
+        reference = coarse.repeat(factors[0], 0).repeat(factors[1], 1).repeat(factors[2], 2)
+        assert np.array_equal(full[: cut[0], : cut[1], : cut[2]], reference)
         centre = sample_below(volume, -950.0, factors)
         assert np.array_equal(centre, volume[factors[0] // 2 : cut[0] : factors[0], factors[1] // 2 : cut[1] : factors[1],
                                              factors[2] // 2 : cut[2] : factors[2]] < -950)

@@ -3,15 +3,20 @@ labelled right (1) / left (2).
 
 Steps (sizes in mm, converted per axis, so anisotropic spacing is handled):
 
-1. Work on a coarse grid (in-plane blocks of about ``working_mm``; SimpleITK ``BinShrink``) and
-   threshold air (``air_hu``).
+1. Work on a coarse grid (in-plane blocks of about ``working_mm``) and threshold air (``air_hu``).
 2. Outside air = air components that reach the in-plane border of the volume; the body is the
-   largest connected non-outside region (a scanner table or arms lying apart are dropped).
+   largest connected non-outside region (a scanner table or arms lying apart are dropped). From
+   here on only the body's box is worked on.
 3. Airway lumen and gas: per-slice air components inside the body that are mostly pure air
    (< ``lumen_hu``) are the trachea, bronchi (or bowel gas); they are removed with their wall.
 4. Lungs: 3-D components of the remaining air, large and not pure air; each is put right or left
    of the body's midline in physical space; a component spanning both sides (lungs that touch) is
-   split by erosion + watershed.
+   split by erosion + watershed. Components smaller than ``min_lung_fraction`` of the largest are
+   kept only when they look like aerated lung (at most ``fragment_pure_fraction`` pure air), lie on
+   one side and wholly above the centre of the large ones (in patient space): a part of a lung cut
+   off by consolidation or a tumour (an apex above a consolidated upper lobe), while gas below the
+   diaphragm (colon, stomach) lies below the lungs' centre and an airway lumen that step 3 missed
+   is mostly pure air.
 5. Per lung, what lies between the lungs (mediastinum, hilum) left aside: gaps along z are bridged
    (``closing_z_mm``), then an in-plane octagonal closing rolls along the pleura (``closing_mm``)
    and holes are filled per slice; of what that adds, thin parts (vessels) are kept, and thick
@@ -20,8 +25,13 @@ Steps (sizes in mm, converted per axis, so anisotropic spacing is handled):
    beyond the chord that closing gives: the chest wall's thickness changes slowly, so wall tissue
    at least as far from the skin as the pleura around the nodule is nodule (``wall_follow_mm``,
    ``wall_window_mm``, ``wall_tolerance_mm``). Then holes are filled in 3-D.
-6. Back on the full grid: the inside of the coarse mask is kept, its one-block rim follows the
-   full-resolution air threshold, so the pleural boundary is exact at the scan's resolution.
+6. Back on the full grid (only the box around the mask): the inside of the coarse mask is kept, its
+   one-block rim follows the full-resolution air threshold; blocks next to what step 5 added are kept
+   whole (a nodule's edge against the chest wall cannot be told from it), except at the hilum (the
+   mediastinum and the blocks next to it, where vessels and bronchi enter: planning contours leave
+   the hilum out). Last, the partial-volume layer: a voxel face-adjacent to the mask (in-plane or
+   across slices) that holds at least about a third of aerated lung (below ``partial_volume_hu``;
+   soft tissue is about +40 HU, aerated lung about -860 HU) is lung, as planning contours draw it.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ class Threshold3DParams:
     """Settings of the ``threshold_3d`` method (HU thresholds; sizes in mm or mL)."""
 
     air_hu: float = -400.0  #: air and aerated lung are darker than this
+    partial_volume_hu: float = -250.0  #: a voxel next to the lung darker than this holds at least a third of lung
     lumen_hu: float = -950.0  #: pure air (airway lumen, gas) is darker than this
     lumen_fraction: float = 0.5  #: a region with more pure-air voxels than this is airway or gas
     airway_max_mm2: float = 1500.0  #: largest in-plane cross-section taken as airway / gas
@@ -68,7 +79,8 @@ class Threshold3DParams:
     wall_window_mm: float = 20.0  #: half-size of the window in which the pleura's depth around a nodule is averaged
     wall_tolerance_mm: float = 1.5  #: ... and how much shallower than that average the bulging pleura may lie
     min_lung_ml: float = 5.0  #: smaller air components are not lung
-    min_lung_fraction: float = 0.02  #: ... nor those smaller than this fraction of the largest
+    min_lung_fraction: float = 0.02  #: ... nor those smaller than this fraction of the largest, unless they are
+    fragment_pure_fraction: float = 0.1  #: ... aerated (at most this fraction pure air), on one side, above the lungs
 
 
 @dataclass
@@ -95,6 +107,28 @@ def _airway(candidates: np.ndarray, pure: np.ndarray, params: Threshold3DParams,
     lumen = (n_pure > params.lumen_fraction * count) & (count * pixel_mm2 <= params.airway_max_mm2)
     lumen[0] = False
     return lumen[labels]
+
+
+def _upper_fragments(labels: np.ndarray, small: np.ndarray, big: np.ndarray, volume: np.ndarray,
+                     spacing: tuple[float, float, float], geometry: Geometry) -> np.ndarray:
+    """Of the ``small`` lung-like components (label lookup tables; ``volume`` per label), those wholly above
+    the centre of the ``big`` ones (their boxes' centres weighted by volume): parts of a lung cut off by
+    consolidation or a tumour (an apex above a consolidated upper lobe). Gas below the diaphragm (colon,
+    stomach) lies below the lungs' centre and stays out."""
+    out = np.zeros_like(small)
+    if not small.any():
+        return out
+    z_axis = np.asarray(geometry.direction_matrix, dtype=float)[2] * np.array(spacing[::-1])  # LPS z per x, y, z index
+    boxes = ndimage.find_objects(labels)
+    big_ids = np.flatnonzero(big)
+    centres = np.array([[(b.start + b.stop - 1) / 2 for b in boxes[i - 1]] for i in big_ids])
+    centre_z = float(np.dot(centres @ z_axis[::-1], volume[big_ids]) / volume[big_ids].sum())
+    for comp in np.flatnonzero(small):
+        box = boxes[comp - 1]
+        corners = np.array([[b.start, b.stop - 1] for b in box])  # (z, y, x) index ranges
+        lowest = sum(min(z_axis[2 - k] * c for c in corners[k]) for k in range(3))
+        out[comp] = lowest > centre_z
+    return out
 
 
 def _nodule_like(added: np.ndarray, lung: np.ndarray, thick: tuple[int, int, int],
@@ -184,8 +218,9 @@ def _follow_wall(kept: np.ndarray, nodules: np.ndarray, room: np.ndarray, body: 
 
 
 def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, body: np.ndarray, geometry: Geometry,
-                 spacing: tuple[float, float, float], params: Threshold3DParams) -> None:
-    """Step 5, in place on the coarse ``lungs`` labels (see the module docstring)."""
+                 spacing: tuple[float, float, float], params: Threshold3DParams) -> np.ndarray:
+    """Step 5, in place on the coarse ``lungs`` labels (see the module docstring); returns the
+    mediastinum (what lies between the lungs)."""
     radius = (0, *_voxels(params.closing_mm, spacing[1:]))
     along_z = _voxels(params.closing_z_mm, spacing[:1], minimum=1) + (0, 0)
     thick = (0, *_voxels(params.thick_mm, spacing[1:], minimum=1))
@@ -214,27 +249,62 @@ def _close_lungs(lungs: np.ndarray, allowed: np.ndarray, body: np.ndarray, geome
             zs, bulge = _follow_wall(kept, nodules, room, body, box, spacing, params)
             kept[zs] |= bulge
         sub[fill_holes(kept, per_slice=False) & room] = side
+    return mediastinum
 
 
-def _refine(lungs: np.ndarray, added: np.ndarray, allowed: np.ndarray, hu: np.ndarray, air_hu: float,
-            factors: tuple[int, int, int]) -> np.ndarray:
-    """Step 6: the coarse labels on the full grid, their rim following the full-resolution threshold.
+def _refine(lungs: np.ndarray, added: np.ndarray, hilum: np.ndarray, allowed: np.ndarray, hu: np.ndarray,
+            factors: tuple[int, int, int], offset: tuple[int, int, int], params: Threshold3DParams) -> np.ndarray:
+    """Step 6: the coarse labels on the full grid, their rim following the full-resolution threshold,
+    then the pleural partial-volume ring (see the module docstring). Only the box around the mask is
+    worked on at full resolution. The coarse arrays are a box of the coarse grid starting at block ``offset``.
 
-    Blocks next to what closing and hole filling ``added`` (vessels, nodules) are kept whole, inside
-    the mask and one block beyond it: a nodule against the pleura has an edge the threshold cannot
-    tell from the chest wall (this costs a block-sized margin of wall next to such additions).
+    Blocks that closing and hole filling ``added`` (vessels, nodules) are kept whole, and so is the
+    block beyond them, except in the ``hilum`` (the mediastinum and the blocks next to it, where vessels
+    and bronchi enter): a nodule against the pleura has an edge the threshold cannot tell from the chest
+    wall (this costs a block-sized margin of wall next to such additions).
     """
+    out = np.zeros(hu.shape, dtype=np.uint8)
+    found = ndimage.find_objects((lungs > 0).view(np.uint8))
+    if not found:
+        return out
+    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(found[0], lungs.shape))
+    lungs, added, hilum, allowed = (a[box] for a in (lungs, added, hilum, allowed))
     inside = lungs > 0
     one = (0, 1, 1)
-    sure = (inside & erode(inside, one, border=False)) | (dilate(added, one) & (inside | allowed))
+    margin = dilate(added & ~hilum, one) & (inside | allowed)
+    sure = (inside & erode(inside, one, border=False)) | (added & inside) | margin
     rim = dilate(inside, one) & ~sure & allowed
     side_near = np.where(dilate(lungs == LEFT, one), LEFT, np.where(dilate(lungs == RIGHT, one), RIGHT, 0))
-    side_sure = np.where(sure, np.maximum(lungs, side_near * ~inside), 0).astype(np.uint8)
-    side_rim = np.where(rim, side_near, 0).astype(np.uint8)
-    full = upsample(side_rim, factors, hu.shape)  # rim blocks: lung where the voxel is air
-    full *= below(hu, air_hu)
-    full |= upsample(side_sure, factors, hu.shape)
-    return full
+    side_sure = np.where(sure, np.maximum(lungs, side_near * ~inside), 0)
+    # one code per block: bits 0-1 the side of a sure block, 2-3 the side of a rim block, 4 allowed
+    code = (side_sure | np.where(rim, side_near, 0) << 2 | allowed.astype(np.uint8) << 4).astype(np.uint8)
+    full_box = tuple(slice((b.start + o) * f, (b.stop + o) * f) for b, o, f in zip(box, offset, factors))
+    region = hu[full_box].ravel()
+    code = upsample(code, factors, tuple(b.stop - b.start for b in full_box))
+    full = code & np.uint8(3)
+    flat = full.ravel()
+    rim_at = np.flatnonzero(code & np.uint8(12))  # rim blocks: lung where the voxel is air
+    rim_at = rim_at[below(region[rim_at], params.air_hu)]
+    flat[rim_at] = (code.ravel()[rim_at] >> 2) & 3
+    # partial volume: voxels next to the lung (face neighbours) holding at least some lung
+    grown = _shift_max(full)
+    ring_at = np.flatnonzero((flat == 0) & (grown.ravel() > 0) & (code.ravel() >= 16))
+    ring_at = ring_at[below(region[ring_at], params.partial_volume_hu)]
+    flat[ring_at] = grown.ravel()[ring_at]
+    out[full_box] = full
+    return out
+
+
+def _shift_max(labels: np.ndarray) -> np.ndarray:
+    """Per voxel, the largest label of its six face neighbours."""
+    out = np.zeros_like(labels)
+    np.maximum(out[1:], labels[:-1], out=out[1:])
+    np.maximum(out[:-1], labels[1:], out=out[:-1])
+    np.maximum(out[:, 1:], labels[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], labels[:, 1:], out=out[:, :-1])
+    np.maximum(out[:, :, 1:], labels[:, :, :-1], out=out[:, :, 1:])
+    np.maximum(out[:, :, :-1], labels[:, :, 1:], out=out[:, :, :-1])
+    return out
 
 
 def lung_mask_threshold_3d(hu: np.ndarray, geometry: Geometry,
@@ -246,7 +316,6 @@ def lung_mask_threshold_3d(hu: np.ndarray, geometry: Geometry,
     factors = (1, *(min(f, n) for f, n in zip(_voxels(params.working_mm, (sy, sx), minimum=1), hu.shape[1:])))
     spacing = (sz * factors[0], sy * factors[1], sx * factors[2])  # coarse (z, y, x) mm
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    empty = np.zeros(hu.shape, dtype=np.uint8)
 
     n_air = count_below(hu, params.air_hu, factors)
     block = int(np.prod(factors))
@@ -258,11 +327,13 @@ def lung_mask_threshold_3d(hu: np.ndarray, geometry: Geometry,
     outside = components_touching(labels, n, (1, 2))[labels]
     labels, n = ndimage.label(~outside, structure=CONN_3D)
     if n == 0:
-        return LungMaskResult(empty, ["no body: the volume is all air"])
+        return LungMaskResult(np.zeros(hu.shape, dtype=np.uint8), ["no body: the volume is all air"])
     body = _largest(labels, n)
+    crop = ndimage.find_objects(body.view(np.uint8))[0]  # from here on: the body's box
+    body, air, pure, n_air = body[crop], air[crop], pure[crop], n_air[crop]
     candidates = air & body
     if not candidates.any():
-        return LungMaskResult(empty, ["no air inside the body (all tissue?)"])
+        return LungMaskResult(np.zeros(hu.shape, dtype=np.uint8), ["no air inside the body (all tissue?)"])
 
     # 3: airway lumen and gas
     airway = _airway(candidates, pure, params, spacing[1] * spacing[2])
@@ -276,10 +347,13 @@ def lung_mask_threshold_3d(hu: np.ndarray, geometry: Geometry,
     keep = (volume >= params.min_lung_ml) & (n_pure <= params.lumen_fraction * count)
     keep[0] = False
     if not keep.any():
-        return LungMaskResult(empty, ["no lung-like air region inside the body"])
-    keep &= volume >= params.min_lung_fraction * volume[keep].max()
+        return LungMaskResult(np.zeros(hu.shape, dtype=np.uint8), ["no lung-like air region inside the body"])
+    big = keep & (volume >= params.min_lung_fraction * volume[keep].max())
     right_side = midline_side(body, factors, spacing, geometry.direction_matrix)
     n_right = np.bincount(labels[right_side], minlength=n + 1)
+    one_side = np.abs(n_right / np.maximum(count, 1) - 0.5) > 0.5 - MERGED_FRACTION
+    aerated = n_pure <= params.fragment_pure_fraction * count  # not a lumen or gas pocket step 3 missed
+    keep = big | _upper_fragments(labels, keep & ~big & one_side & aerated, big, volume, spacing, geometry)
     side_of = np.zeros(n + 1, dtype=np.uint8)
     lungs = np.zeros(air.shape, dtype=np.uint8)
     for comp in np.flatnonzero(keep):
@@ -302,10 +376,12 @@ def lung_mask_threshold_3d(hu: np.ndarray, geometry: Geometry,
         for side in (RIGHT, LEFT):
             lungs[regrow & dilate(lungs == side, (0, 1, 1))] = side
     before = lungs > 0
-    _close_lungs(lungs, allowed, body, geometry, spacing, params)
+    mediastinum = _close_lungs(lungs, allowed, body, geometry, spacing, params)
 
     # 6: back to the full grid
-    return LungMaskResult(_refine(lungs, (lungs > 0) & ~before, allowed, hu, params.air_hu, factors), notes)
+    hilum = dilate(mediastinum, (0, 1, 1))  # the mediastinum and the blocks next to it: the hilum
+    offset = tuple(c.start for c in crop)
+    return LungMaskResult(_refine(lungs, (lungs > 0) & ~before, hilum, allowed, hu, factors, offset, params), notes)
 
 
 #: the names before ``threshold_3d`` (kept for one release)

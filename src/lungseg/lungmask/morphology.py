@@ -31,7 +31,8 @@ def below(volume: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _sum_x_blocks(mask: np.ndarray, fx: int) -> np.ndarray:
-    """Sum of each run of ``fx`` consecutive booleans along x (the last axis holds a multiple of ``fx``).
+    """Sum of each run of ``fx`` consecutive uint8 counts (or booleans) along x (the last axis holds a
+    multiple of ``fx``; the sums must fit a byte).
 
     For 2 and 4 the bytes are summed as one uint16 / uint32 word (multiply, shift), else by strided views.
     """
@@ -50,17 +51,17 @@ def _sum_x_blocks(mask: np.ndarray, fx: int) -> np.ndarray:
 def count_below(volume: np.ndarray, threshold: float, factors: tuple[int, int, int]) -> np.ndarray:
     """Number of voxels below ``threshold`` in each ``factors`` (z, y, x) block (uint8: at most 255 a block).
 
-    One threshold of the whole volume, then sums of the blocks' runs along x (packed into machine
-    words), y and z (strided views); no reshape-sum. A partial block at the far end of an axis is
-    left out.
+    One threshold of the whole volume, then sums of the blocks' rows along y and z (strided views of
+    whole rows: contiguous reads) and last along x (packed into machine words for 2 and 4); no
+    reshape-sum. A partial block at the far end of an axis is left out.
     """
     if int(np.prod(factors)) > 255:
         raise ValueError(f"blocks of {factors} voxels are too large")
     fz, fy, fx = factors
     cut = tuple(n // f * f for n, f in zip(volume.shape, factors))
-    below_mask = below(np.ascontiguousarray(volume[: cut[0], : cut[1], : cut[2]]), threshold)
-    total = _sum_x_blocks(below_mask, fx) if fx > 1 else below_mask.view(np.uint8)
-    for axis, f in ((1, fy), (0, fz)):
+    below_mask = below(volume[: cut[0], : cut[1], : cut[2]], threshold).view(np.uint8)  # a new C-contiguous array
+    total = below_mask
+    for axis, f in ((1, fy), (0, fz)):  # whole rows first (contiguous reads), then the shorter x runs
         if f > 1:
             index = [slice(None)] * 3
             index[axis] = slice(0, None, f)
@@ -69,7 +70,9 @@ def count_below(volume: np.ndarray, threshold: float, factors: tuple[int, int, i
                 index[axis] = slice(k, None, f)
                 summed += total[tuple(index)]
             total = summed
-    return total if total.base is None else total.copy()
+    if fx > 1:
+        total = _sum_x_blocks(np.ascontiguousarray(total), fx)
+    return total if total is not below_mask else total.copy()
 
 
 def sample_below(volume: np.ndarray, threshold: float, factors: tuple[int, int, int]) -> np.ndarray:
@@ -79,13 +82,18 @@ def sample_below(volume: np.ndarray, threshold: float, factors: tuple[int, int, 
 
 
 def upsample(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """Nearest-neighbour upsampling of a block-reduced array (:func:`count_below`) to ``shape`` (zeros where no block)."""
-    out = coarse
-    for axis, f in enumerate(factors):
-        if f > 1:
-            out = np.repeat(out, f, axis=axis)
-    if out.shape != tuple(shape):
-        out = np.pad(out, [(0, n - m) for n, m in zip(shape, out.shape)])
+    """Nearest-neighbour upsampling of a block-reduced array (:func:`count_below`) to ``shape`` (zeros where no block).
+
+    One broadcast copy into a ``(z, fz, y, fy, x, fx)`` view of the output (no repeat, no pad).
+    """
+    (nz, ny, nx), (fz, fy, fx) = coarse.shape, factors
+    blocks = np.empty((nz, fz, ny, fy, nx, fx), dtype=coarse.dtype)
+    blocks[...] = coarse[:, None, :, None, :, None]
+    full = blocks.reshape(nz * fz, ny * fy, nx * fx)
+    if full.shape == tuple(shape):
+        return full
+    out = np.zeros(shape, dtype=coarse.dtype)
+    out[: nz * fz, : ny * fy, : nx * fx] = full
     return out
 
 

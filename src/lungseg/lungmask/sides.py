@@ -18,20 +18,27 @@ RIGHT, LEFT = 1, 2
 MERGED_FRACTION = 0.2
 
 
-def physical_x(shape: tuple[int, int, int], spacing_zyx: tuple[float, float, float], direction: np.ndarray,
-               offset_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-    """LPS x (mm, relative to the origin) of every voxel of a ``(z, y, x)`` grid, as a broadcastable sum.
+def physical_coordinate(shape: tuple[int, int, int], spacing_zyx: tuple[float, float, float], direction: np.ndarray,
+                        offset_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0), axis: int = 0) -> np.ndarray:
+    """LPS coordinate ``axis`` (0 x, 1 y, 2 z; mm, relative to the origin) of every voxel of a ``(z, y, x)``
+    grid, as a broadcastable sum.
 
     ``direction`` is the 3x3 ITK direction (columns = index axes x, y, z); ``offset_zyx`` shifts the
     voxel indices (e.g. to the centre of a block when the grid is block-reduced).
     """
     nz, ny, nx = shape
     sz, sy, sx = spacing_zyx
-    row = np.asarray(direction, dtype=float)[0]  # x component of the x, y, z index axes
+    row = np.asarray(direction, dtype=float)[axis]  # the LPS component of the x, y, z index axes
     iz = (np.arange(nz) + offset_zyx[0]) * sz * row[2]
     iy = (np.arange(ny) + offset_zyx[1]) * sy * row[1]
     ix = (np.arange(nx) + offset_zyx[2]) * sx * row[0]
     return (iz[:, None, None] + iy[None, :, None] + ix[None, None, :]).astype(np.float32)
+
+
+def physical_x(shape: tuple[int, int, int], spacing_zyx: tuple[float, float, float], direction: np.ndarray,
+               offset_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """LPS x (towards the patient's left) of every voxel: :func:`physical_coordinate` along x."""
+    return physical_coordinate(shape, spacing_zyx, direction, offset_zyx, axis=0)
 
 
 def split_merged(component: np.ndarray, right_of_midline: np.ndarray, spacing_zyx: tuple[float, float, float],
