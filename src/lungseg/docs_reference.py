@@ -582,6 +582,19 @@ def _bench_lungmask(data: dict) -> list[str]:
         out += [f"Speed on {sp['slices']} slices of {sp['matrix'][0]}×{sp['matrix'][1]} ({series}), one process "
                 f"pinned to one core with every thread pool at 1, best of {sp.get('repeats')}:", "",
                 _table(["step", "slices per CPU second", "slices per wall second", "vs raw read (CPU)"], rows)]
+    clinical = data.get("clinical")
+    if clinical:
+        rows = []
+        for case in clinical["per_case"]:
+            ours, plain, rate = case["threshold_3d"], case["plain_threshold"], case["slices_per_cpu_s"]
+            rows.append([case["case"], _num(ours["dice"], 4), f"{_num(ours['dice_right'], 4)} / {_num(ours['dice_left'], 4)}",
+                         _num(plain["dice"], 4), _num(ours["tumour_inside"], 2), _num(case["tumour_inside_clinical_lung"], 2),
+                         f"{_num(rate['threshold_3d'], 4)} / {_num(rate['read'], 4)} "
+                         f"({_num(case['ratio_threshold_3d_vs_read'], 2)}×)"])
+        out += [f"Against {clinical['reference']} (real planning CT):", "",
+                _table(["case", "`threshold_3d` Dice", "right / left", "plain 3-D threshold Dice",
+                        "tumour (GTV) inside `threshold_3d`", "tumour inside the clinical lungs",
+                        "mask / read slices per CPU s"], rows)]
     return out
 
 
