@@ -10,6 +10,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/dicomweb.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/lungmask.smk"
 include: "workflow/rules/split.smk"
@@ -20,6 +21,7 @@ include: "workflow/rules/nodules.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/external.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

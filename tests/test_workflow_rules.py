@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO
 
 #: rules with neither: the default target only collects the final outputs
-NO_LOG_OR_BENCHMARK = {"all"}
+NO_LOG_OR_BENCHMARK = {"all", "export_seg_all", "dicomweb_store_all"}  # targets only: no job of their own
 #: loads the workflow in ``workdir`` (argv[1]) and prints {rule: [has log, has benchmark]} as JSON
 _LIST_RULES = """
 import json, sys
@@ -53,6 +53,10 @@ CONFIGS = {
     "discover_sweep": _config(source="discover", report__sweep="sweeps/scaling"),
     "nodule_external": _config(train__label="nodule",
                                external_test={"name": "lidc", "cases": str(REPO / "config/lidc_external.tsv")}),
+    "images": _config(source="images", images={"root": "data/xray"}, lung_mask={"method": "radiograph_otsu"},
+                      train__hu_window=[0, 1000], train__roi="none"),
+    "dicomweb_export": _config(source="dicomweb", dicomweb={"url": "http://localhost:8042/dicom-web"},
+                               export={"dicom_seg": True, "dicomweb": True, "folder": "exports"}),
 }
 
 

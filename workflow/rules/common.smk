@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -30,6 +31,14 @@ except ConfigError as exc:
 os.environ.update(LUNGSEG_ROOT=workflow.basedir)
 
 RESULTS = config["results"]
+if config["source"] == "dicomweb":
+    # discovery reads the series the dicomweb_retrieve rule selected (workflow/rules/dicomweb.smk), with the
+    # dicomweb section's pseudonym secret and slice minimum; a discover section in the config is not used
+    config["discover"] = {
+        "root": f"{RESULTS}/dicomweb/series",
+        "min_slices": config["dicomweb"]["min_slices"],
+        "secret_env": config["dicomweb"]["secret_env"],
+    }
 LABEL = config["train"]["label"]
 #: experiment name -> its resolved train settings (config `experiments:`, or one from `train:`)
 EXPERIMENTS = resolve_experiments(config)
@@ -74,8 +83,10 @@ def _demo_case_table():
 CASE_SHEET = {
     "cases": config.get("cases"),
     "discover": f"{RESULTS}/discovered/cases.tsv",
+    "dicomweb": f"{RESULTS}/discovered/cases.tsv",
+    "images": f"{RESULTS}/images/cases.tsv",
 }.get(config["source"], f"{RESULTS}/cases.tsv")
-#: known when the workflow is parsed (demo, cases); with discover, after the discovery checkpoint ran
+#: known when the workflow is parsed (demo, cases); with discover / images, after their checkpoint ran
 CASES = {"demo": _demo_case_table, "cases": lambda: _read_case_sheet(CASE_SHEET)}.get(config["source"], dict)()
 DEMO_DICOM_NAMES = (
     demo_dicom_names(config["demo"]["seed"], config["demo"]["slices"]) if config["source"] == "demo" else []
@@ -101,10 +112,84 @@ _check_folds_against_patients()
 
 def case_table():
     """case_id -> case sheet row (dicom, label_<name>, series, lidc_xml, luna16 columns)."""
-    if config["source"] != "discover":
+    if config["source"] == "images":
+        sheet = checkpoints.image_sheet.get().output.cases
+        return _image_sheet_at(sheet, os.stat(sheet).st_mtime_ns)
+    if config["source"] not in ("discover", "dicomweb"):
         return CASES
     sheet = checkpoints.discover.get().output.cases
     return _sheet_at(sheet, os.stat(sheet).st_mtime_ns)
+
+
+# ---- 2-D images (source: images, docs/how-to/2d-images.md) ----
+
+#: lung_mask.method values for 2-D images (`lungseg image-lung-mask`); the others are CT methods (`lungseg lung-mask`)
+IMAGE_LUNG_MASK_METHODS = ("radiograph_otsu", "none")
+#: the normalised intensity range of 2-D image cases (lungseg.images.read)
+IMAGE_INTENSITY = (0, 1000)
+
+
+@functools.lru_cache(maxsize=4)
+def _image_sheet_at(path, mtime_ns):
+    """The image sheet's rows; one warning when images have no patient (they may land in different splits)."""
+    cases = _read_case_sheet(path)
+    alone = sum(row.get("patient_from") == "image" for row in cases.values())
+    if alone:
+        print(
+            f"lungseg: warning: {alone} of {len(cases)} image(s) have no patient (images.patient_pattern / a patient "
+            "column): images of one patient may land in different splits",
+            file=sys.stderr,
+        )
+    return cases
+
+
+def _check_image_settings():
+    """2-D images need a radiograph lung-mask method, a window on their 0..1000 intensity, and (without a classical
+    mask) whole-image training and no lung restriction; CT sources need a CT method. One line each."""
+    method = config["lung_mask"]["method"]
+    images = config["source"] == "images"
+    if images and method not in IMAGE_LUNG_MASK_METHODS:
+        raise WorkflowError(f"lung_mask.method {method!r} is a CT method; source images needs radiograph_otsu or none")
+    if config["source"] in ("demo", "discover", "dicomweb") and method in IMAGE_LUNG_MASK_METHODS:
+        raise WorkflowError(
+            f"lung_mask.method {method!r} is for 2-D images; source {config['source']} needs a CT method"
+        )
+    if not images:
+        return
+    if config["images"]["label"] != LABEL:
+        raise WorkflowError(
+            f"images.label {config['images']['label']!r} but train.label {LABEL!r}: the models would find "
+            "no such label in the image cases; name the same label in both"
+        )
+    for name, settings in EXPERIMENTS.items():
+        low, high = (float(v) for v in settings["hu_window"])
+        if min(high, IMAGE_INTENSITY[1]) - max(low, IMAGE_INTENSITY[0]) < 500:
+            raise WorkflowError(
+                f"experiment {name}: hu_window {[low, high]} barely covers the 0..1000 intensity of 2-D "
+                "images (source images); set train.hu_window: [0, 1000]"
+            )
+        if method == "none" and settings.get("roi", "none") != "none":
+            raise WorkflowError(
+                f"experiment {name}: roi {settings['roi']!r} needs a classical lung mask at inference; "
+                "with lung_mask.method none set train.roi: none"
+            )
+    if method == "none" and config["predict"]["restrict_to_lung"]:
+        raise WorkflowError(
+            "predict.restrict_to_lung needs a classical lung mask; with lung_mask.method none set it false"
+        )
+
+
+_check_image_settings()
+
+
+def image_sheet_args(wildcards):
+    """`lungseg image-sheet` options from the images section, each an argument of its own."""
+    settings = config["images"]
+    args = ["--layout", settings["layout"], "--label", settings["label"], "--secret-env", settings["secret_env"]]
+    for key in ("mask_suffix", "image_dir", "mask_dir", "right_dir", "left_dir", "patient_pattern", "patient_column"):
+        if settings.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", settings[key]]
+    return args + (["--allow-default-secret"] if settings["allow_default_secret"] else [])
 
 
 #: discover settings naming a table -> the `lungseg discover` option it goes to
@@ -243,8 +328,10 @@ def ingest_options(row, input):
             "--secret-env",
             config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY"),
         ]
+    if config["source"] == "images":
+        args += ["--voi", config["images"]["voi_lut"]]
     settings = config["ingest"]
-    if settings.get("target_spacing"):
+    if settings.get("target_spacing") and config["source"] != "images":
         args += ["--target-spacing", *(str(s) for s in settings["target_spacing"])]
     args += ["--max-gap", str(settings["max_gap"]), "--agreement", str(settings["lidc_agreement"])]
     if settings.get("structure_labels") and any(k in input.keys() for k in ("rtstruct", "seg")):
@@ -257,6 +344,8 @@ def baseline_predictions(wildcards):
     classical lung mask of the configured method (``classical_threshold_3d`` or ``classical_per_slice_otsu``);
     for nodules the classical nodule detector (workflow/rules/nodules.smk) with its probability map
     (input ``<name>_probabilities``)."""
+    if LABEL == "lung" and config["lung_mask"]["method"] == "none":  # 2-D images without a classical mask
+        return {}
     if LABEL == "lung":
         return {baseline_name(config["lung_mask"]["method"]): f"{RESULTS}/lungmask/{wildcards.case}.nii.gz"}
     if LABEL == "nodule":
@@ -384,6 +473,8 @@ def all_outputs(wildcards):
             (f"{RESULTS}/report/froc.png" if LABEL == "nodule" else []),  # nodule detection: the FROC curves
             expand(f"{RESULTS}/report/workflow/{{page}}.html", page=["config", "versions", "runtimes"]),
             external_outputs(),  # the external test set (workflow/rules/external.smk), if external_test is set
+            export_outputs(),  # DICOM-SEG files below exports/ (workflow/rules/export.smk), if export.dicom_seg
+            dicomweb_outputs(),  # receipts of the SEG files stored in the PACS (workflow/rules/dicomweb.smk), if export.dicomweb
         ]
     )
 
@@ -520,3 +611,113 @@ def external_outputs():
         list(external_overlays(None).values()),
         external_report_page(),
     ]
+
+
+# ---- DICOM-SEG export (workflow/rules/export.smk): a SEG carries identifiers, so never below results/
+
+from lungseg.export.dicom_seg import LABEL_KINDS
+from lungseg.ingest.scan import VOLUME_SUFFIXES
+
+#: where the SEG files go (config export.folder)
+EXPORTS = config["export"]["folder"].rstrip("/")
+if config["export"]["dicom_seg"] and (
+    Path(EXPORTS).resolve() == Path(RESULTS).resolve() or Path(RESULTS).resolve() in Path(EXPORTS).resolve().parents
+):
+    raise WorkflowError(
+        f"export.folder {EXPORTS!r} lies inside results ({RESULTS!r}); DICOM-SEG files carry patient identifiers "
+        "and must stay out of results/: choose a folder beside it, e.g. exports"
+    )
+_EXPORT_SKIPS_SHOWN = set()
+
+
+def _export_skip(reason):
+    """One line on stderr per reason (all_outputs is evaluated more than once)."""
+    if reason not in _EXPORT_SKIPS_SHOWN:
+        _EXPORT_SKIPS_SHOWN.add(reason)
+        print(f"export_seg: {reason}", file=sys.stderr)
+
+
+def is_volume_case(case):
+    """Whether a case's scan is a volume file (no DICOM instances a SEG could reference)."""
+    return str(case_table()[case]["dicom"]).lower().endswith(VOLUME_SUFFIXES)
+
+
+def export_outputs():
+    """The DICOM-SEG of every test case of the reference experiment read from DICOM, if export.dicom_seg."""
+    if not config["export"]["dicom_seg"]:
+        return []
+    if LABEL not in LABEL_KINDS:
+        _export_skip(f"no DICOM-SEG export for target '{LABEL}' (export knows {', '.join(LABEL_KINDS)})")
+        return []
+    cases = []
+    for case in cases_in("test"):
+        if is_volume_case(case):
+            _export_skip(f"case {case} is a volume file, not a DICOM series: no DICOM-SEG for it")
+        else:
+            cases.append(case)
+    return expand(f"{EXPORTS}/{REFERENCE}/{{case}}.seg.dcm", case=cases)
+
+
+def export_series_options(wildcards):
+    """`lungseg export-seg` options picking the case's series (as ingest does) and ingest's gap tolerance."""
+    row = case_table()[wildcards.case]
+    args = ["--max-gap", str(config["ingest"]["max_gap"])]
+    if row.get("series"):
+        args += [
+            "--series",
+            row["series"],
+            "--secret-env",
+            config.get("discover", {}).get("secret_env", "LUNGSEG_PSEUDONYM_KEY"),
+        ]
+    return args
+
+
+# ---- a PACS in the loop (workflow/rules/dicomweb.smk)
+
+#: the links to this query's series that discovery reads (config["discover"]["root"], set in common.smk)
+DICOMWEB_SERIES = f"{RESULTS}/dicomweb/series"
+
+if config["export"]["dicomweb"] and not (config["source"] == "dicomweb" and config["export"]["dicom_seg"]):
+    raise WorkflowError(
+        "export.dicomweb stores the DICOM-SEG exports back in the PACS they came from: it needs source: dicomweb "
+        "and export.dicom_seg: true"
+    )
+
+
+def dicomweb_series(wildcards):
+    """The discover checkpoint's input with source dicomweb: the links dicomweb_retrieve writes ({} otherwise)."""
+    return {"retrieved": DICOMWEB_SERIES} if config["source"] == "dicomweb" else {}
+
+
+def dicomweb_connection_args(wildcards):
+    """`--url`, `--timeout` and the names (never the values) of the credential variables."""
+    settings = config["dicomweb"]
+    args = ["--url", settings["url"], "--timeout", str(settings["timeout"])]
+    for key in ("user_env", "password_env"):
+        if settings.get(key):
+            args += [f"--{key.replace('_', '-')}", settings[key]]
+    return args
+
+
+def dicomweb_filter_args(wildcards):
+    """`--filter KEY=VALUE` per dicomweb.filters entry (a list: its values joined by '\\', DICOM's "any of"),
+    and `--labels` with dicomweb.labels."""
+    args = []
+    for key, value in sorted(config["dicomweb"]["filters"].items()):
+        text = "\\".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        args += ["--filter", f"{key}={text}"]
+    return args + (["--labels"] if config["dicomweb"]["labels"] else [])
+
+
+def dicomweb_outputs():
+    """Receipts of the DICOM-SEG files stored in the PACS, if export.dicomweb (none otherwise)."""
+    if not config["export"]["dicomweb"]:
+        return []
+    return [
+        f"{RESULTS}/dicomweb/stored/{Path(seg).parent.name}/{Path(seg).name.removesuffix('.seg.dcm')}.json"
+        for seg in export_outputs()
+    ]
+
+
+#: the lungseg command of the configured lung-mask method (CT volumes or 2-D radiographs)
+LUNG_MASK_COMMAND = "image-lung-mask" if config["lung_mask"]["method"] in IMAGE_LUNG_MASK_METHODS else "lung-mask"

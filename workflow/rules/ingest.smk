@@ -1,13 +1,16 @@
 # DICOM series (+ label masks) -> per-case HDF5 (HU volume, labels, geometry). A bad series does not
 # fail the job: its status file says why (quarantined) and the split leaves it out.
-# With `source: discover` a checkpoint first finds the series below discover.root and writes the sheet.
+# With `source: discover` a checkpoint first finds the series below discover.root and writes the sheet;
+# with `source: images` one finds the 2-D images and masks below images.root (one-slice cases); with
+# `source: dicomweb` discovery reads the series the dicomweb_retrieve rule selected (workflow/rules/dicomweb.smk).
 
 
-if config["source"] == "discover":
+if config["source"] in ("discover", "dicomweb"):
 
     checkpoint discover:
         input:
             unpack(discover_inputs),
+            unpack(dicomweb_series),
         output:
             cases=f"{RESULTS}/discovered/cases.tsv",
             skipped=report(
@@ -36,6 +39,33 @@ if config["source"] == "discover":
             "lungseg discover {params.root:q} -o {output.cases:q} --skipped {output.skipped:q} --link-dir {output.links:q}"
             " --diagnosis-out {output.diagnosis:q} --min-slices {params.min_slices} --secret-env {params.secret_env:q}"
             " {params.annotations:q} --no-progress > {log:q} 2>&1"
+
+
+if config["source"] == "images":
+
+    # 2-D images: the sheet of images and masks found below images.root (docs/how-to/2d-images.md)
+    checkpoint image_sheet:
+        output:
+            cases=f"{RESULTS}/images/cases.tsv",
+            skipped=report(
+                f"{RESULTS}/images/skipped.tsv",
+                caption="../report/image_skipped.rst",
+                category="Data",
+                subcategory="Discovery",
+                labels={"table": "images and masks skipped"},
+            ),
+        log:
+            "logs/image_sheet/image_sheet.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/image_sheet/image_sheet.tsv"
+        conda:
+            "../../envs/preprocess.yaml"
+        params:
+            root=config["images"]["root"],
+            options=image_sheet_args,
+        shell:
+            "lungseg image-sheet {params.root:q} -o {output.cases:q} --skipped {output.skipped:q} {params.options:q}"
+            " > {log:q} 2>&1"
 
 
 rule ingest:

@@ -1,4 +1,5 @@
 # Classical lung-parenchyma mask per case (right/left lungs), in the scan's geometry, with QA.
+# 2-D images (lung_mask.method radiograph_otsu or none) get theirs from `lungseg image-lung-mask`.
 
 
 rule lung_mask:
@@ -15,9 +16,10 @@ rule lung_mask:
     conda:
         "../../envs/preprocess.yaml"
     params:
+        command=LUNG_MASK_COMMAND,
         method=config["lung_mask"]["method"],
     shell:
-        "lungseg lung-mask {input:q} --method {params.method:q} -o {output.mask:q} --h5 {output.h5:q}"
+        "lungseg {params.command} {input:q} --method {params.method:q} -o {output.mask:q} --h5 {output.h5:q}"
         " --qa {output.qa:q} > {log:q} 2>&1"
 
 

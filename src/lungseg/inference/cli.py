@@ -8,6 +8,10 @@ ingest fails here with the same one-line message.
 the mean of the models' foreground probabilities (each after its own test-time flips) thresholded at
 0.5, followed by the same post-processing. The models must segment the same label and have been
 trained on the same region of interest. One model gives exactly the single-model mask.
+
+A 2-D image (PNG, JPEG, TIFF, a DICOM radiograph; see :mod:`lungseg.images`) is read as ingest reads it
+(a one-slice study with normalised intensity); ``-o mask.png`` (or .tif/.bmp/.gif) writes the mask in
+the image's own pixel grid, 0/255, and ``--probabilities map.png`` the map as 0..255 grey.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from lungseg.casefile import read_case
 from lungseg.geometry import Geometry, read_volume, write_volume
+from lungseg.images.write import is_raster_output, write_mask_image
 from lungseg.inference.model import load_ensemble
 from lungseg.inference.postprocess import classical_lung_mask, keep_largest_components, restrict_to
 from lungseg.inference.predict import FLIPS, model_roi, predict_probabilities
@@ -32,11 +37,13 @@ log = logging.getLogger("lungseg.predict")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="ingested case (.h5), DICOM series folder, or CT volume (.nii.gz, .mha, ...)")
+    parser.add_argument("input", type=Path, help="ingested case (.h5), DICOM series folder, CT volume (.nii.gz, .mha, ...), "
+                        "or a 2-D image (.png, .jpg, .tif, DICOM radiograph)")
     parser.add_argument("--model", type=Path, action="append", required=True,
                         help="model file written by `lungseg train` (model.pt); repeat it for an ensemble: the mean of "
                              "the models' foreground probabilities is thresholded (same label and region of interest)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="mask volume to write (.nii.gz, .mha, ...)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="mask to write: a volume (.nii.gz, .mha, ...) or, for a one-slice study, a 2-D image (.png, .tif)")
     parser.add_argument("--probabilities", type=Path, default=None, metavar="PATH",
                         help="also write the foreground probability map (uint8, round(255 p); the mask is p > 0.5 before "
                              "post-processing), e.g. for an FROC analysis of nodule detections")
@@ -147,9 +154,13 @@ def run(args: argparse.Namespace) -> int:
         probabilities = np.where(lung > 0, probabilities, np.float32(0))
     if args.largest_components:
         mask = keep_largest_components(mask, args.largest_components)
-    if args.probabilities is not None:
-        write_volume(str(args.probabilities), probability_bytes(probabilities), geometry)
-    write_volume(str(args.output), mask, geometry)
+    for path, array, binary in ((args.probabilities, probability_bytes(probabilities), False), (args.output, mask, True)):
+        if path is not None and is_raster_output(path):
+            if hu.shape[0] != 1:
+                raise IngestError(path, f"is a 2-D image file but the study has {hu.shape[0]} slices", "write a .nii.gz volume")
+            write_mask_image(path, array, binary_as_255=binary)
+        elif path is not None:
+            write_volume(str(path), array, geometry)
     log.info("%s: %d slices of %dx%d, %d %s model(s) (roi %s), flips %s, %s, %d threads: inference %.2f s (%.1f ms/slice); "
              "%d voxels -> %s", name, *hu.shape, len(models), meta.get("label", "?"), model_roi(meta)["mode"], args.flips,
              device, torch.get_num_threads(), seconds,

@@ -1,4 +1,8 @@
-"""``lungseg ingest``: one scan (DICOM folder or volume) + labels -> per-case HDF5 (the code the workflow runs).
+"""``lungseg ingest``: one scan (DICOM folder, volume or 2-D image) + labels -> per-case HDF5 (the code the workflow runs).
+
+A 2-D image (PNG, JPEG, TIFF, GIF, BMP, a DICOM radiograph) becomes a one-slice case with normalised
+intensity (see :mod:`lungseg.images`); its masks come as ``--label NAME=MASK.png`` (``NAME_right`` +
+``NAME_left`` are combined into NAME 1 right / 2 left, ``NAME_partN`` masks are added to NAME).
 
 ``lungseg ingest INPUT --case-id ID [--label NAME=PATH ...] [--lidc-xml FILE] [--luna16 CSV]
 [--rtstruct FILE] [--seg FILE] [--structure-labels JSON] [--target-spacing X Y Z] [--series SELECTOR]
@@ -71,7 +75,8 @@ def _fraction(text: str) -> float:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="DICOM series folder, or a .nii/.nii.gz/.nrrd/.mha/.mhd volume")
+    parser.add_argument("input", type=Path, help="DICOM series folder, a .nii/.nii.gz/.nrrd/.mha/.mhd volume, or a 2-D image "
+                        "(.png/.jpg/.tif/.gif/.bmp, or a DICOM radiograph file)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="case HDF5 file to write")
     parser.add_argument("--case-id", required=True, help="pseudonymous case ID stored in the file (never a patient ID)")
     parser.add_argument(
@@ -133,6 +138,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="lzf-compress the image in the HDF5 (about half the size, about 3x slower ingest)",
     )
+    parser.add_argument("--voi", choices=("apply", "ignore"), default="apply",
+                        help="2-D DICOM images: apply their VOI LUT / window before normalising (default) or ignore it")
     parser.add_argument("--progress", action="store_true", help="progress bar over slices")
 
 
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             max_gap=args.max_gap,
             agreement=args.agreement,
             progress=args.progress,
+            voi=args.voi,
         )
         case = ingest_scan(args.case_id, args.input, options=options, scrubber=scrub)
     except IngestError as exc:

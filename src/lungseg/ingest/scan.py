@@ -1,5 +1,8 @@
 """Ingest one scan: DICOM folder or ITK volume (+ masks, LIDC XML, LUNA16 CSV, RTSTRUCT, DICOM-SEG) -> a case.
 
+A 2-D image file (PNG, JPEG, TIFF, GIF, BMP, or a single DICOM radiograph) goes to
+:func:`lungseg.images.ingest_image` instead: a one-slice case with normalised intensity.
+
 The result is a :class:`~lungseg.casefile.CaseVolume`. Labels land on the scan's own grid first
 (masks resampled in physical space, LIDC ROIs matched to slices, LUNA16 spheres from world
 coordinates, RTSTRUCT contours and DICOM-SEG frames placed in physical space, their structures named
@@ -20,6 +23,9 @@ import SimpleITK as sitk
 
 from lungseg.casefile import CaseVolume
 from lungseg.geometry import Geometry
+from lungseg.images.case import image_geometry, ingest_image
+from lungseg.images.formats import IMAGE_SUFFIXES, is_image_file
+from lungseg.images.read import read_image
 from lungseg.ingest.dicom_series import AIR_HU, DEFAULT_MAX_GAP, MAX_HU, SeriesVolume, read_series
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.labels import load_label_on_grid
@@ -50,6 +56,8 @@ class IngestOptions:
     max_gap: float = DEFAULT_MAX_GAP
     agreement: float = DEFAULT_AGREEMENT
     progress: bool = False
+    #: 2-D DICOM images: apply their VOI LUT / window ("apply") or not ("ignore")
+    voi: str = "apply"
 
 
 def _read_volume(source: Path) -> SeriesVolume:
@@ -87,12 +95,26 @@ def read_source(source: Path, options: IngestOptions | None = None, scrubber: Sc
         )
     if source.is_file() and source.name.lower().endswith(VOLUME_SUFFIXES):
         return _read_volume(source)
+    if source.is_file() and is_image_file(source):
+        return _read_image_as_volume(source, options.voi)
     if not source.exists():
         raise IngestError(source, "does not exist", "check the path in the case sheet")
     raise IngestError(
         source,
         "is neither a DICOM folder nor a volume file",
-        f"give a folder of DICOM files or one of {', '.join(VOLUME_SUFFIXES)}",
+        f"give a folder of DICOM files, one of {', '.join(VOLUME_SUFFIXES)}, or a 2-D image ({', '.join(IMAGE_SUFFIXES)})",
+    )
+
+
+def _read_image_as_volume(source: Path, voi: str) -> SeriesVolume:
+    """A 2-D image as a one-slice volume (normalised intensity 0..1000, not HU; see :mod:`lungseg.images.read`)."""
+    image = read_image(source, voi=voi)
+    return SeriesVolume(
+        hu=image.pixels[None],
+        geometry=image_geometry(image.spacing_xy),
+        files=[source],
+        provenance={"source_kind": "image2d", "n_slices": 1, **image.provenance},
+        source_positions=np.zeros(1),
     )
 
 
@@ -125,6 +147,14 @@ def ingest_scan(
     options = options or IngestOptions()
     if labels:
         options = replace(options, labels={**options.labels, **labels})
+    if Path(source).is_file() and is_image_file(source):
+        given = [flag for flag, value in (("--lidc-xml", options.lidc_xml), ("--luna16", options.luna16),
+                                          ("--rtstruct", options.rtstruct), ("--seg", options.seg),
+                                          ("--target-spacing", options.target_spacing)) if value is not None]
+        if given:
+            raise IngestError(source, f"is a 2-D image; {', '.join(given)} apply to CT series only",
+                              "give the image with --label masks only")
+        return ingest_image(case_id, source, options.labels, voi=options.voi)
     scan = read_source(source, options, scrubber)
     shape = scan.hu.shape
     notes = list(scan.notes)
