@@ -27,7 +27,7 @@ GPU_ONLY = {("correctness", "train_step_fp32"), ("correctness", "train_step_bf16
             ("inference", "volume_gpu"), ("classifier", "resnet18")}
 CPU_CHECKS = {("correctness", "checkpoint_cpu_to_cpu"), ("correctness", "predict_cli_cpu"), ("ddp", "lungseg_train_torchrun")}
 MEASURED = {("throughput", "unet_train"), ("inference", "volume_cpu_2_threads")}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}  # the tests' interpreter
 
 
 @pytest.fixture(scope="module")
