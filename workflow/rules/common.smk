@@ -15,7 +15,7 @@ from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.experiments import reference_experiment, resolve_experiments
 from lungseg.lungmask.methods import baseline_name
 from lungseg.training.rule_args import checkpoint_key
-from lungseg.split import check_folds, fold_cases, read_split, read_split_table
+from lungseg.split import check_folds, fold_cases, read_split_table
 from lungseg.workflow_config import ConfigError, check_config
 
 min_version("8.10")
@@ -221,30 +221,40 @@ def status_files(wildcards):
     return [f"{RESULTS}/ingest/{c}.status.json" for c in all_cases()]
 
 
+@functools.lru_cache(maxsize=4)
+def _split_table_at(path, mtime_ns):
+    return read_split_table(path)
+
+
+def split_table():
+    """case -> (split, fold) from the split checkpoint, read once per version of the file (input functions ask
+    for it once per job: re-reading it each time made planning quadratic in the cases)."""
+    path = checkpoints.split.get().output[0]
+    return _split_table_at(path, os.stat(path).st_mtime_ns)
+
+
 def split_of_cases():
     """case -> train/val/test, from the split checkpoint (which leaves quarantined cases out)."""
-    return read_split(checkpoints.split.get().output[0])
+    return {case: split for case, (split, _fold) in split_table().items()}
 
 
 def cases_in(split):
-    return sorted(c for c, s in split_of_cases().items() if s == split)
+    return sorted(c for c, (s, _fold) in split_table().items() if s == split)
 
 
 def fold_split(fold):
     """(training cases, validation cases) of one fold (fold 0 of 1: the train and val splits)."""
-    return fold_cases(read_split_table(checkpoints.split.get().output[0]), int(fold), FOLDS)
+    return fold_cases(split_table(), int(fold), FOLDS)
 
 
 def fold_of_case(case):
     """The fold whose validation set holds ``case`` (its out-of-fold prediction comes from that fold's model)."""
-    return read_split_table(checkpoints.split.get().output[0])[case][1]
+    return split_table()[case][1]
 
 
 def out_of_fold_cases():
     """Every case outside the test set (k-fold cross-validation only)."""
-    return sorted(
-        c for c, (split, fold) in read_split_table(checkpoints.split.get().output[0]).items() if fold is not None
-    )
+    return sorted(c for c, (split, fold) in split_table().items() if fold is not None)
 
 
 def experiment_dir(experiment):
