@@ -266,10 +266,11 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
            device: torch.device, on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> Path:
     main = env.is_main
     if config.threads:
-        if config.threads < env.local_world_size:
-            raise ValueError(f"--threads {config.threads} cannot be split among {env.local_world_size} processes; "
-                             f"give at least one thread per process")
-        torch.set_num_threads(config.threads // env.local_world_size)
+        if config.threads < env.local_world_size and env.local_rank == 0:
+            # e.g. Snakemake gave a 4-process job the 2 cores of a laptop: run, one thread each, and say so
+            log.warning("--threads %d is fewer than the %d processes on this node: one thread each (the cores are "
+                        "oversubscribed, so times are not a measurement)", config.threads, env.local_world_size)
+        torch.set_num_threads(max(1, config.threads // env.local_world_size))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
