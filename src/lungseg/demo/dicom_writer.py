@@ -123,33 +123,43 @@ def write_ct_series(
     return paths
 
 
-def _slice_dataset(identity: PatientIdentity, study_uid: str, series_uid: str, frame_uid: str, sop_uid: str) -> FileDataset:
-    """The per-slice dataset with file meta, identity, study/series and acquisition attributes."""
+def identity_dataset(identity: PatientIdentity, sop_class: str, sop_uid: str, *, image_type: list[str], modality: str,
+                     model_name: str, study_description: str, series_description: str) -> FileDataset:
+    """A dataset with file meta, the fake identity (patient module), dates and equipment: what every demo
+    image (CT slice, radiograph) shares; the caller adds its modality's attributes and pixels."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
+    ds.ImageType = image_type
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = identity.study_date
     ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = identity.study_time
     ds.AccessionNumber = identity.accession_number
-    ds.Modality = "CT"
+    ds.Modality = modality
     ds.Manufacturer = "lungseg-demo"
-    ds.ManufacturerModelName = "synthetic phantom"
+    ds.ManufacturerModelName = model_name
     ds.InstitutionName = identity.institution_name
     ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CHEST CT"
-    ds.SeriesDescription = identity.series_description
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = series_description
     ds.PatientName = identity.patient_name
     ds.PatientID = identity.patient_id
     ds.PatientBirthDate = identity.birth_date
     ds.PatientSex = identity.sex
+    return ds
+
+
+def _slice_dataset(identity: PatientIdentity, study_uid: str, series_uid: str, frame_uid: str, sop_uid: str) -> FileDataset:
+    """The per-slice dataset with file meta, identity, study/series and acquisition attributes."""
+    ds = identity_dataset(identity, CTImageStorage, sop_uid, image_type=["ORIGINAL", "PRIMARY", "AXIAL"], modality="CT",
+                          model_name="synthetic phantom", study_description="CHEST CT",
+                          series_description=identity.series_description)
     ds.BodyPartExamined = "CHEST"
     ds.KVP = "120"
     ds.PatientPosition = "HFS"

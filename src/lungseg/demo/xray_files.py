@@ -20,13 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
 from lungseg.atomic import atomic_path
 from lungseg.demo.cohort import _digest
+from lungseg.demo.dicom_writer import identity_dataset
 from lungseg.demo.radiograph import Radiograph
 
 SHEET_COLUMNS = ("case_id", "patient_id", "image", "mask", "labels", "dicom", "scanner", "opacities", "pixel_mm")
@@ -79,31 +78,9 @@ def write_dx(radiograph: Radiograph, path: Path, seed: int, monochrome1: bool) -
     identity = radiograph.identity
     key = f"{_digest('xray-dicom', seed, radiograph.case_id):016x}"
     sop_uid = generate_uid(entropy_srcs=[key, "sop"])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = identity.study_date
-    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = identity.study_time
-    ds.AccessionNumber = identity.accession_number
-    ds.Modality = "DX"
-    ds.Manufacturer = "lungseg-demo"
-    ds.ManufacturerModelName = f"synthetic radiograph {radiograph.scanner}"
-    ds.InstitutionName = identity.institution_name
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CHEST PA"
-    ds.SeriesDescription = "CHEST PA DEMO"
-    ds.PatientName = identity.patient_name
-    ds.PatientID = identity.patient_id
-    ds.PatientBirthDate = identity.birth_date
-    ds.PatientSex = identity.sex
+    ds = identity_dataset(identity, DigitalXRayImageStorageForPresentation, sop_uid, image_type=["ORIGINAL", "PRIMARY"],
+                          modality="DX", model_name=f"synthetic radiograph {radiograph.scanner}",
+                          study_description="CHEST PA", series_description="CHEST PA DEMO")
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.PatientOrientation = ["L", "F"]  # rows run to the patient's left, columns to the feet
