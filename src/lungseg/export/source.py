@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from lungseg.ingest.dicom_series import DEFAULT_MAX_GAP, _check_slices, _order, _read_slices, _select_series
+from lungseg.ingest.dicom_series import DEFAULT_MAX_GAP, ordered_slices
 from lungseg.ingest.errors import IngestError
 from lungseg.ingest.pseudonym import Scrubber
 
@@ -78,10 +78,7 @@ def read_source_series(
 ) -> SourceSeries:
     """The one CT series of ``folder`` (by ``selector`` when it holds several) as a :class:`SourceSeries`."""
     folder = Path(folder)
-    notes: list[str] = []
-    items = _select_series(_read_slices(folder, scrubber, notes), folder, selector, secret, notes)
-    _check_slices(items)
-    items = _order(items, folder, max_gap).items
+    items = ordered_slices(folder, selector=selector, secret=secret, max_gap=max_gap, scrubber=scrubber).items
     datasets: list[pydicom.Dataset] = []
     index_of: dict[int, int] = {}
     planes, references = [], []

@@ -494,6 +494,23 @@ def _read_pixels(items: list[Slice], progress: bool) -> np.ndarray:
     return hu
 
 
+def ordered_slices(
+    folder: Path,
+    *,
+    selector: str | None = None,
+    secret: str | None = None,
+    max_gap: float = DEFAULT_MAX_GAP,
+    scrubber: Scrubber | None = None,
+    notes: list[str] | None = None,
+) -> Stack:
+    """The slices of one CT series of ``folder`` found, checked and ordered along the normal, headers only
+    (pixel data not decoded): what :func:`read_series` reads and what an export must reference."""
+    notes = [] if notes is None else notes
+    items = _select_series(_read_slices(Path(folder), scrubber, notes), Path(folder), selector, secret, notes)
+    _check_slices(items)
+    return _order(items, Path(folder), max_gap)
+
+
 def read_series(
     folder: Path,
     *,
@@ -506,9 +523,7 @@ def read_series(
     """Read, check and order one CT series from ``folder`` (see the module docstring)."""
     folder = Path(folder)
     notes: list[str] = []
-    items = _select_series(_read_slices(folder, scrubber, notes), folder, selector, secret, notes)
-    _check_slices(items)
-    stack = _order(items, folder, max_gap)
+    stack = ordered_slices(folder, selector=selector, secret=secret, max_gap=max_gap, scrubber=scrubber, notes=notes)
     items, positions, normal = stack.items, stack.positions, stack.normal
     first = items[0].header
     row_spacing, col_spacing = first.pixel_spacing
