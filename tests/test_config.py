@@ -54,6 +54,16 @@ def test_shipped_config_is_valid(config):
         (lambda c: c["demo"].update(n_cases=2), ["demo.n_cases = 2 is not >= 3", "an integer from 3 to 1000"]),
         (lambda c: c["train"].update(label="a b"), ['train.label = "a b"', "a string matching ^[A-Za-z0-9_]+$"]),
         (lambda c: c["cluster"].update(cpu_partition=""), ['cluster.cpu_partition = "" is empty']),
+        (lambda c: c["lung_mask"].update(method="radiograph_otsu"), ['lung_mask.method = "radiograph_otsu" is for 2-D images']),
+        (lambda c: c.update(source="images", images={"root": "x"}),
+         ['lung_mask.method = "threshold_3d" is a CT method; source images needs radiograph_otsu or none']),
+        (lambda c: (c.update(source="images", images={"root": "x"}), c["lung_mask"].update(method="radiograph_otsu")),
+         ["train.hu_window = [-1000.0, 400.0] barely covers the 0..1000 intensity of 2-D images"]),
+        (lambda c: (c.update(source="images", images={"root": "x", "label": "lungs"}),
+                    c["lung_mask"].update(method="none"), c["train"].update(hu_window=[0, 1000], roi="none")),
+         ['images.label = "lungs" but train.label = "lung"']),
+        (lambda c: (c["lung_mask"].update(method="none"), c.update(source="cases"), c["predict"].update(restrict_to_lung=True)),
+         ["predict.restrict_to_lung needs a classical lung mask; with lung_mask.method none set it false"]),
     ],
 )
 def test_bad_config_names_the_key(config, mutate, expected):

@@ -278,6 +278,48 @@ def _lr_min(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: lung_mask.method values for 2-D images (`lungseg image-lung-mask`); the others are CT methods (`lungseg lung-mask`)
+IMAGE_LUNG_MASK_METHODS = ("radiograph_otsu", "none")
+#: the normalised intensity range of 2-D image cases (lungseg.images.read)
+IMAGE_INTENSITY = (0, 1000)
+
+
+def _lung_mask_for_source(config: Mapping[str, Any]) -> str | None:
+    method, source = config["lung_mask"]["method"], config["source"]
+    if source == "images" and method not in IMAGE_LUNG_MASK_METHODS:
+        return f"lung_mask.method = {show(method)} is a CT method; source images needs radiograph_otsu or none"
+    if source in ("demo", "discover", "dicomweb") and method in IMAGE_LUNG_MASK_METHODS:  # CT only (a sheet may hold images)
+        return f"lung_mask.method = {show(method)} is for 2-D images; source {source} needs a CT method"
+    return None
+
+
+def _image_label(config: Mapping[str, Any]) -> str | None:
+    if config["source"] == "images" and config["images"]["label"] != config["train"]["label"]:
+        return (f"images.label = {show(config['images']['label'])} but train.label = {show(config['train']['label'])}: "
+                "the models would find no such label in the image cases; name the same label in both")
+    return None
+
+
+def _restrict_needs_a_mask(config: Mapping[str, Any]) -> str | None:
+    if config["lung_mask"]["method"] == "none" and config["predict"]["restrict_to_lung"]:
+        return "predict.restrict_to_lung needs a classical lung mask; with lung_mask.method none set it false"
+    return None
+
+
+def _image_window_and_roi(config: Mapping[str, Any]) -> str | None:
+    if config["source"] != "images":
+        return None
+    train = config["train"]
+    low, high = (float(v) for v in train["hu_window"])
+    if min(high, IMAGE_INTENSITY[1]) - max(low, IMAGE_INTENSITY[0]) < 500:
+        return (f"train.hu_window = {[low, high]} barely covers the 0..1000 intensity of 2-D images (source images); "
+                "allowed: a window over most of it, e.g. [0, 1000]")
+    if config["lung_mask"]["method"] == "none" and train.get("roi", "none") != "none":
+        return (f"train.roi = {show(train['roi'])} needs a classical lung mask at inference; "
+                "with lung_mask.method none set train.roi: none")
+    return None
+
+
 def _pretrained_arch(config: Mapping[str, Any]) -> str | None:
     train = config["train"]
     if train["pretrained"] and train["arch"] != "vgg16_unet":
@@ -335,8 +377,9 @@ def _demo_case_clients(config: Mapping[str, Any]) -> str | None:
 
 #: the rules that read train: (run again on every experiment's settings, see lungseg.experiments)
 TRAIN_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
-    _image_size_for_depth, _hu_window, _lr_min, _pretrained_arch,
+    _image_size_for_depth, _hu_window, _lr_min, _pretrained_arch, _image_window_and_roi,
     _fedavg_rounds, _fedavg_fractions, _demo_labels, _demo_case_clients,
 )
 #: rules between keys, run in order on a schema-valid config with defaults; each returns a problem or None
-CROSS_KEY_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (_fractions_sum, _val_and_test, *TRAIN_CHECKS)
+CROSS_KEY_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
+    _fractions_sum, _val_and_test, _lung_mask_for_source, _image_label, _restrict_needs_a_mask, *TRAIN_CHECKS)

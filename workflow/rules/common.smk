@@ -16,7 +16,7 @@ from lungseg.experiments import reference_experiment, resolve_experiments
 from lungseg.lungmask.methods import baseline_name
 from lungseg.training.rule_args import checkpoint_key
 from lungseg.split import check_folds, fold_cases, read_split_table
-from lungseg.workflow_config import ConfigError, check_config
+from lungseg.workflow_config import IMAGE_LUNG_MASK_METHODS, ConfigError, check_config
 
 min_version("8.10")
 
@@ -123,11 +123,6 @@ def case_table():
 
 # ---- 2-D images (source: images, docs/how-to/2d-images.md) ----
 
-#: lung_mask.method values for 2-D images (`lungseg image-lung-mask`); the others are CT methods (`lungseg lung-mask`)
-IMAGE_LUNG_MASK_METHODS = ("radiograph_otsu", "none")
-#: the normalised intensity range of 2-D image cases (lungseg.images.read)
-IMAGE_INTENSITY = (0, 1000)
-
 
 @functools.lru_cache(maxsize=4)
 def _image_sheet_at(path, mtime_ns):
@@ -141,45 +136,6 @@ def _image_sheet_at(path, mtime_ns):
             file=sys.stderr,
         )
     return cases
-
-
-def _check_image_settings():
-    """2-D images need a radiograph lung-mask method, a window on their 0..1000 intensity, and (without a classical
-    mask) whole-image training and no lung restriction; CT sources need a CT method. One line each."""
-    method = config["lung_mask"]["method"]
-    images = config["source"] == "images"
-    if images and method not in IMAGE_LUNG_MASK_METHODS:
-        raise WorkflowError(f"lung_mask.method {method!r} is a CT method; source images needs radiograph_otsu or none")
-    if config["source"] in ("demo", "discover", "dicomweb") and method in IMAGE_LUNG_MASK_METHODS:
-        raise WorkflowError(
-            f"lung_mask.method {method!r} is for 2-D images; source {config['source']} needs a CT method"
-        )
-    if not images:
-        return
-    if config["images"]["label"] != LABEL:
-        raise WorkflowError(
-            f"images.label {config['images']['label']!r} but train.label {LABEL!r}: the models would find "
-            "no such label in the image cases; name the same label in both"
-        )
-    for name, settings in EXPERIMENTS.items():
-        low, high = (float(v) for v in settings["hu_window"])
-        if min(high, IMAGE_INTENSITY[1]) - max(low, IMAGE_INTENSITY[0]) < 500:
-            raise WorkflowError(
-                f"experiment {name}: hu_window {[low, high]} barely covers the 0..1000 intensity of 2-D "
-                "images (source images); set train.hu_window: [0, 1000]"
-            )
-        if method == "none" and settings.get("roi", "none") != "none":
-            raise WorkflowError(
-                f"experiment {name}: roi {settings['roi']!r} needs a classical lung mask at inference; "
-                "with lung_mask.method none set train.roi: none"
-            )
-    if method == "none" and config["predict"]["restrict_to_lung"]:
-        raise WorkflowError(
-            "predict.restrict_to_lung needs a classical lung mask; with lung_mask.method none set it false"
-        )
-
-
-_check_image_settings()
 
 
 def image_sheet_args(wildcards):
