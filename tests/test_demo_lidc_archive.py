@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,7 +16,15 @@ from scipy.stats import spearmanr
 from lungseg.casefile import read_case
 from lungseg.cli import main
 from lungseg.demo.cohort import write_demo_case
-from lungseg.demo.lidc_archive import LidcArchiveCase, lidc_archive_paths, write_lidc_archive, write_lidc_archive_case
+from lungseg.demo.lidc_archive import (
+    DIAGNOSIS_COLUMNS,
+    DIAGNOSIS_FILE,
+    LidcArchiveCase,
+    lidc_archive_paths,
+    patient_diagnosis,
+    write_lidc_archive,
+    write_lidc_archive_case,
+)
 from lungseg.demo.lidc_readers import outline_chains, split_nodules
 from lungseg.demo.lidc_xml import LIDC_NAMESPACE
 from lungseg.demo.phantom import NoduleSettings
@@ -58,7 +67,7 @@ def ingested(cohort):
 
 def test_tree_is_tcia_shaped(cohort):
     archive, _, cases = cohort
-    assert sorted(p.name for p in archive.iterdir()) == [f"LIDC-DEMO-{c}" for c in CASES]
+    assert sorted(p.name for p in archive.iterdir()) == [f"LIDC-DEMO-{c}" for c in CASES] + [DIAGNOSIS_FILE]
     for case in cases:
         paths = lidc_archive_paths(archive, case.case_id, SEED, SLICES)
         assert paths == case.paths
@@ -212,6 +221,31 @@ def test_ratings_follow_the_nodule_and_the_seed(cohort, tmp_path):
     assert again.paths.xml.read_bytes() == cases[1].paths.xml.read_bytes()
     other = write_lidc_archive_case(cases[1].case_id, tmp_path / "b", SEED + 1, SLICES, SIZE, SETTINGS)
     assert other.paths.xml.read_bytes() != cases[1].paths.xml.read_bytes()
+
+
+def test_diagnosis_table_is_tcia_coded_and_follows_the_truth(cohort):
+    """A minority of patients, TCIA's header and codes, consistent with the nodules' true malignancy."""
+    archive, _, cases = cohort
+    with open(archive / DIAGNOSIS_FILE, newline="") as f:
+        rows = {r[DIAGNOSIS_COLUMNS[0]]: r for r in csv.DictReader(f)}
+    assert "Diagnosis at the Patient Level" in DIAGNOSIS_COLUMNS[1] and "\n" in DIAGNOSIS_COLUMNS[1]
+    by_patient = {c.scan.identity.patient_id: c for c in cases}
+    assert rows and set(rows) <= set(by_patient) and len(rows) < len(cases)
+    for patient, row in rows.items():
+        truths = [r.malignancy for r in by_patient[patient].reads if r.malignancy is not None]
+        code = int(row[DIAGNOSIS_COLUMNS[1]])
+        assert code == {True: 2, False: 1 if max(truths) <= 2 else 0}[max(truths) >= 4] or (code == 3 and max(truths) >= 4)
+
+
+def test_patient_diagnosis_codes():
+    def reads(*truths):
+        return [type("R", (), {"malignancy": t})() for t in truths]
+
+    assert patient_diagnosis(reads(None)) is None and patient_diagnosis([]) is None
+    assert patient_diagnosis(reads(1, 2, None)) == (1, 1)
+    assert patient_diagnosis(reads(2, 3)) == (0, 0)
+    assert patient_diagnosis(reads(2, 5)) == (2, 2)
+    assert patient_diagnosis(reads(4, 5)) == (3, 2)
 
 
 def test_truth_sidecar(cohort):

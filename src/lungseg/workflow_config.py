@@ -375,6 +375,15 @@ def _demo_case_clients(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _rating_thresholds(config: Mapping[str, Any]) -> str | None:
+    """The label protocol's benign ceiling lies below its malignant floor."""
+    settings = config.get("classification") or {}
+    if settings.get("benign_max", 2) >= settings.get("malignant_min", 4):
+        return (f"classification.benign_max = {settings.get('benign_max', 2)} is not below classification.malignant_min = "
+                f"{settings.get('malignant_min', 4)}; allowed: benign_max < malignant_min (e.g. 2 and 4, LIDC's usual protocol)")
+    return None
+
+
 #: the rules that read train: (run again on every experiment's settings, see lungseg.experiments)
 TRAIN_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
     _image_size_for_depth, _hu_window, _lr_min, _pretrained_arch, _image_window_and_roi,
@@ -382,4 +391,5 @@ TRAIN_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
 )
 #: rules between keys, run in order on a schema-valid config with defaults; each returns a problem or None
 CROSS_KEY_CHECKS: tuple[Callable[[Mapping[str, Any]], str | None], ...] = (
-    _fractions_sum, _val_and_test, _lung_mask_for_source, _image_label, _restrict_needs_a_mask, *TRAIN_CHECKS)
+    _fractions_sum, _val_and_test, _lung_mask_for_source, _image_label, _restrict_needs_a_mask, _rating_thresholds,
+    *TRAIN_CHECKS)

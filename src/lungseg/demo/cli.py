@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lungseg.demo.cohort import demo_case_ids, write_demo_cohort
-from lungseg.demo.lidc_archive import write_lidc_archive_case
+from lungseg.demo.lidc_archive import diagnosis_row, update_diagnosis_table, write_lidc_archive_case
 from lungseg.demo.phantom import NODULE_EDGES, NODULE_KINDS, NODULE_POSITIONS, NoduleSettings
 
 DEFAULT_SEED = 2026
@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_lidc_archive(args: argparse.Namespace, case_ids: list[str], settings: NoduleSettings) -> int:
-    """Write the cases into the archive ``args.out``; print each case id and its series folder."""
+    """Write the cases into the archive ``args.out`` (and its TCIA-style diagnosis table); print each case id and
+    its series folder."""
+    diagnoses = []
     for case_id in tqdm(case_ids, desc="demo cases", unit="case", disable=args.no_progress or len(case_ids) < 2):
         try:
             case = write_lidc_archive_case(
@@ -130,5 +132,7 @@ def _run_lidc_archive(args: argparse.Namespace, case_ids: list[str], settings: N
             )
         except ValueError as exc:
             raise SystemExit(f"lungseg demo-cohort: {exc}") from exc
+        diagnoses.append(diagnosis_row(case, args.seed))
         print(f"{case.case_id}\t{case.paths.series_dir}", flush=True)
+    update_diagnosis_table(args.out, diagnoses)
     return 0

@@ -14,10 +14,18 @@ is named from the case id, never from the fake PatientID (paths reach case sheet
 ``truth_root`` the ground truth goes outside the archive: ``<truth_root>/<case_id>/labels/`` with
 ``lung.nii.gz``, ``nodule.nii.gz`` and ``nodules.json`` (the default sidecar plus, per nodule,
 ``malignancy``, the ``readers`` (session numbers) who marked it, their ``ratings`` and ``characteristics``).
+
+Pathology: ``<archive>/tcia-diagnosis-data.csv`` (:func:`update_diagnosis_table`) is a TCIA-style diagnosis table
+(``TCIA Patient ID``, ``Diagnosis at the Patient Level`` with TCIA's codes and multi-line header, ``Diagnosis
+Method``) for a minority of patients (:data:`DIAGNOSIS_FRACTION`, chosen by ``(seed, case_id)`` among those with
+a rated nodule), consistent with the nodules' true malignancy (:func:`patient_diagnosis`). It names the fake
+PatientID of the DICOM headers, as TCIA's does; discovery re-keys it by pseudonym.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -27,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from lungseg.atomic import write_text_atomic
 from lungseg.demo.cohort import DemoScan, _digest, _swap_into_place, demo_case_ids, generate_demo_scan
 from lungseg.demo.dicom_writer import write_ct_series
 from lungseg.demo.lidc_readers import N_READERS, NoduleRead, SliceRefs, simulate_reads
@@ -34,6 +43,16 @@ from lungseg.demo.lidc_xml import XmlHeader, write_lidc_xml
 from lungseg.demo.phantom import NoduleSettings
 from lungseg.geometry import write_volume
 
+DIAGNOSIS_FILE = "tcia-diagnosis-data.csv"
+DIAGNOSIS_FRACTION = 0.3  # patients (with a rated nodule) whose pathology the table gives
+#: TCIA's header names (line breaks as in its spreadsheet)
+DIAGNOSIS_COLUMNS = (
+    "TCIA Patient ID",
+    "Diagnosis at the Patient Level\n0=Unknown\n1=benign or non-malignant disease\n"
+    "2= malignant, primary lung cancer\n3 = malignant metastatic)\n",
+    "Diagnosis Method\n0 = unknown\n1 = review of radiological images to show 2 years of stable nodule\n"
+    "2 = biopsy\n3 = surgical resection\n4 = progression or response",
+)
 STUDY_DESCRIPTION = "CT CHEST W'O CONTRAST"
 SERIES_DESCRIPTION = "AXIAL CHEST [LUNG]"
 
@@ -155,7 +174,51 @@ def write_lidc_archive(
     archive: Path, n_cases: int, seed: int, n_slices: int = 48, size: int = 256, *,
     case_ids: list[str] | None = None, nodule_settings: NoduleSettings | None = None, truth_root: Path | None = None,
 ) -> list[LidcArchiveCase]:
-    """Write ``case_ids`` (default ``demo_case_ids(n_cases)``) into one archive; the cases returned keep their
-    phantoms in memory (for small cohorts and tests; ``lungseg demo-cohort`` writes one case at a time)."""
+    """Write ``case_ids`` (default ``demo_case_ids(n_cases)``) into one archive with its diagnosis table; the cases
+    returned keep their phantoms in memory (for small cohorts and tests; ``lungseg demo-cohort`` writes one case at a time)."""
     ids = list(case_ids) if case_ids is not None else demo_case_ids(n_cases)
-    return [write_lidc_archive_case(c, archive, seed, n_slices, size, nodule_settings, truth_root=truth_root) for c in ids]
+    cases = [write_lidc_archive_case(c, archive, seed, n_slices, size, nodule_settings, truth_root=truth_root) for c in ids]
+    update_diagnosis_table(archive, [diagnosis_row(c, seed) for c in cases])
+    return cases
+
+
+def patient_diagnosis(reads: list[NoduleRead]) -> tuple[int, int] | None:
+    """TCIA (diagnosis, method) codes of a patient from its nodules' true malignancy: highest >= 4 malignant
+    (2 primary; 3 metastatic with two or more such nodules; by biopsy), <= 2 benign (1, two years stable),
+    3 unknown (0, 0); None without a rated nodule."""
+    truths = [r.malignancy for r in reads if r.malignancy is not None]
+    if not truths:
+        return None
+    malignant = sum(t >= 4 for t in truths)
+    if malignant:
+        return (3 if malignant >= 2 else 2), 2
+    return (1, 1) if max(truths) <= 2 else (0, 0)
+
+
+def diagnosis_row(case: LidcArchiveCase, seed: int) -> tuple[str, dict[str, str] | None]:
+    """``case``'s PatientID and its diagnosis-table row (None when the table leaves the patient out)."""
+    patient = case.scan.identity.patient_id
+    codes = patient_diagnosis(case.reads)
+    if codes is None or _digest("diagnosis", seed, case.case_id) % 1000 >= DIAGNOSIS_FRACTION * 1000:
+        return patient, None
+    return patient, dict(zip(DIAGNOSIS_COLUMNS, (patient, str(codes[0]), str(codes[1]))))
+
+
+def update_diagnosis_table(archive: Path, rows: list[tuple[str, dict[str, str] | None]]) -> Path:
+    """Write (or update: these patients' rows replaced or removed, others kept) ``<archive>/tcia-diagnosis-data.csv``
+    from :func:`diagnosis_row` results."""
+    path = Path(archive) / DIAGNOSIS_FILE
+    table: dict[str, dict[str, str]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            table = {r[DIAGNOSIS_COLUMNS[0]]: r for r in csv.DictReader(f)}
+    for patient, row in rows:
+        table.pop(patient, None)
+        if row is not None:
+            table[patient] = row
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=DIAGNOSIS_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table[k] for k in sorted(table))
+    write_text_atomic(path, buffer.getvalue())
+    return path
