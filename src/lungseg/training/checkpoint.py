@@ -8,6 +8,12 @@ Model file format (only primitives and tensors)::
      "input": {"kind": "slices"} | {"kind": "patches", "patch_size": [D, S, S], "context_slices": K,
                "spacing_mm": float | None, "overlap": float}}                    # optional: slices
 
+Classification model files (``"task": "classification"``; a file without ``task`` is a segmentation
+model) have ``label`` ``"malignancy"``, no ``val_dice`` but ``score`` (``{"metric": "val_auc", "value": v}``),
+``input`` ``{"kind": "nodule_patches", "planes": "orthogonal" | "axial"}`` and ``classification``:
+``{"heads": {task: [class words in index order]}, "planes", "indeterminate", "cls_task", "sharing"}``
+(:mod:`lungseg.classification.predict`).
+
 ``roi`` says how training restricted slices to a region (crop to / mask outside a label's box);
 an inference step must apply the same to its input (``none`` = whole slices, the default).
 ``input`` says what the network sees: whole slices resized to ``image_size`` (the default), or patches
@@ -30,6 +36,8 @@ SAVE_OVERHEAD_BYTES = 1 << 16
 MODEL_FORMAT = "lungseg-model"
 CHECKPOINT_FORMAT = "lungseg-checkpoint"
 META_KEYS = ("arch", "model_kwargs", "label", "image_size", "hu_window", "epoch", "val_dice")
+#: what a classification model file has instead of val_dice
+CLASSIFICATION_KEYS = ("score", "classification")
 
 
 def saved_size_estimate(obj: Any) -> int:
@@ -87,13 +95,27 @@ def model_file_state(
     image_size: int,
     hu_window: tuple[float, float] | list[float],
     epoch: int,
-    val_dice: float,
+    val_dice: float | None = None,
     roi: dict[str, Any] | None = None,
     gpus: int = 0,
     input_spec: dict[str, Any] | None = None,
+    task: str = "segmentation",
+    score: dict[str, Any] | None = None,
+    classification: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``model.pt`` dictionary for ``model`` (see the module docstring); ``gpus``: the GPUs its training
-    ran on (all processes, 0 on CPU), for the GPU-hours of a comparison."""
+    ran on (all processes, 0 on CPU), for the GPU-hours of a comparison. Segmentation needs ``val_dice``;
+    classification ``score`` and ``classification``."""
+    if task == "classification":
+        if score is None or classification is None:
+            raise ValueError("a classification model file needs score and classification")
+        return {"gpus": int(gpus), "roi": {"mode": "none", "label": "", "margin": 0}, "input": dict(input_spec or {}),
+                "format": MODEL_FORMAT, "task": task, "arch": str(arch), "model_kwargs": dict(model_kwargs),
+                "label": str(label), "image_size": int(image_size), "hu_window": [float(hu_window[0]), float(hu_window[1])],
+                "epoch": int(epoch), "score": {"metric": str(score["metric"]), "value": float(score["value"])},
+                "classification": dict(classification), "state_dict": cpu_state_dict(model)}
+    if val_dice is None:
+        raise ValueError("a segmentation model file needs val_dice")
     return {
         "gpus": int(gpus),
         "roi": dict(roi) if roi else {"mode": "none", "label": "", "margin": 0},
@@ -120,7 +142,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
             else ""
         )
         raise ValueError(f"{path} is not a lungseg model file (format={state.get('format')!r}){hint}")
-    missing = [k for k in (*META_KEYS, "state_dict") if k not in state]
+    task = state.get("task", "segmentation")
+    keys = META_KEYS if task == "segmentation" else (*META_KEYS[:-1], *CLASSIFICATION_KEYS)
+    missing = [k for k in (*keys, "state_dict") if k not in state]
     if missing:
         raise ValueError(f"{path}: lungseg model file lacks {', '.join(missing)}; re-train with this lungseg version")
     try:
@@ -132,7 +156,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match architecture {state['arch']!r} {state['model_kwargs']}: {exc}") from exc
     model.to(map_location).eval()
-    meta = {k: state[k] for k in META_KEYS}
+    meta = {k: state[k] for k in keys}
+    meta["task"] = task
     meta["roi"] = dict(state.get("roi") or {"mode": "none", "label": "", "margin": 0})
     meta["input"] = dict(state.get("input") or {"kind": "slices"})
     meta["hu_window"] = (float(meta["hu_window"][0]), float(meta["hu_window"][1]))

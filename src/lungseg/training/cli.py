@@ -1,4 +1,4 @@
-"""``lungseg train``: train a slice-wise segmentation model on ingested cases.
+"""``lungseg train``: train a segmentation model on ingested cases, or a nodule classifier on nodule patches.
 
 Runs as one process (``lungseg train ...``), data-parallel under torchrun
 (``torchrun --standalone --nproc_per_node=N -m lungseg train ...``: NCCL on GPUs, gloo on CPU), or as
@@ -31,18 +31,21 @@ launcher setting, is allowed and ignored), then the options given here, which ov
 `lungseg train --config results/experiments/<name>/train_settings.json ...` trains what the workflow trains.
 
 outputs in --out-dir: checkpoint.pt (resume state, rewritten every epoch and on SIGTERM/SIGUSR1),
-model.pt (best epoch by validation Dice; input of `lungseg predict`) and metrics.csv (one row per epoch,
-per round with --mode fedavg). Re-running with the same --out-dir resumes where the last run stopped
-(mid-epoch after a signal); raising --epochs continues training (on a cosine laid out anew over the new
-total: not the same as a fresh run of that length). A checkpoint written for another model or setup
-(--arch/--base-channels/--depth/--norm/--label/--image-size/--hu-window/--roi/--mode/...) is never
-overwritten. The workflow keeps one --out-dir per settings (all but --threads/--num-workers).
+model.pt (best epoch by validation Dice, classification: AUC; input of `lungseg predict` / `classify`)
+and metrics.csv (one row per epoch, per round with --mode fedavg). Re-running with the same --out-dir
+resumes where the last run stopped (mid-epoch after a signal); raising --epochs continues training (on a
+cosine laid out anew over the new total: not the same as a fresh run of that length). A checkpoint
+written for another model or setup (--arch/--base-channels/--depth/--norm/--label/--image-size/
+--hu-window/--roi/--mode/--task/...) is never overwritten. The workflow keeps one --out-dir per
+settings (all but --threads/--num-workers).
 
 exit status: 0 done, 1 bad input or setup (one line naming the problem), 75 stopped by SIGTERM/SIGUSR1
 after writing the checkpoint (requeue the job; the next start resumes).
 
 examples:
   lungseg train --train a.h5 b.h5 --val c.h5 --out-dir runs/lung --epochs 10
+  lungseg train --task classification --arch resnet18 --image-size 64 --train results/nodules/A.patches.h5 ...
+      --val results/nodules/C.patches.h5 --out-dir runs/cls   (model.pt: best epoch by validation AUC)
   lungseg train --config results/experiments/unet/train_settings.json --threads 8 --train ... --val ... --out-dir runs/u
   torchrun --standalone --nproc_per_node=2 -m lungseg train --train a.h5 b.h5 --val c.h5 --out-dir runs/lung
   torchrun --standalone --nproc_per_node=4 -m lungseg train --mode fedavg --fed-partition case ... (4 clients)
@@ -141,6 +144,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add(f, "fed_fractions", "fedavg: relative client sizes, one per client, e.g. 0.6 0.3 0.1; none given = equal",
         type=float, nargs="*", metavar="F")
     add(f, "sync_bn", "SyncBatchNorm across DDP processes (CUDA only)", action=flag)
+    c = parser.add_argument_group("classification (task classification: nodule malignancy on nodule patch files)")
+    add(c, "task", "segmentation (case files) or classification (--train/--val: <case>.patches.h5, "
+                   "<case>.nodules.tsv beside)")
+    add(c, "cls_task", "labels learnt: image (readers' malignancy), pathology (patient-level) or both (two-task network)")
+    add(c, "sharing", "cls_task both: soft (own stems, learned combinations of later stages) or hard (one backbone, two heads)")
+    add(c, "planes", "orthogonal (axial, coronal, sagittal as 3 channels) or axial (1 channel)")
+    add(c, "dropout", "dropout before the final layer", type=float, metavar="P")
+    add(c, "indeterminate", "nodules of median rating 3: exclude, or a third class")
+    add(c, "class_balance", "none, sampling (classes drawn equally often) or loss (class-weighted cross-entropy)")
+    add(t, "scheduler", "cosine (warmup, then cosine to --lr-min) or plateau (ReduceLROnPlateau on the validation loss)")
+    add(t, "plateau_patience", "plateau: epochs without a lower validation loss before the cut", type=int, metavar="N")
+    add(t, "plateau_factor", "plateau: multiply the learning rate by F (not below --lr-min)", type=float, metavar="F")
     r = parser.add_argument_group("resources (not part of a run's identity: changing them continues a checkpoint)")
     add(r, "num_workers", "data-loader worker processes per training process", type=int, metavar="N")
     add(r, "threads", "CPU threads of the whole job on this node, split among its processes", type=int, metavar="N")

@@ -44,17 +44,27 @@ from typing import Any
 
 from lungseg.training.dataset import ROI_MODES
 from lungseg.training.losses import LOSSES
-from lungseg.training.models import MODELS, NORMS
+from lungseg.training.models import CLASSIFIERS, MODELS, NORMS
 from lungseg.training.rule_args import EXECUTION_ONLY  # noqa: F401 - re-exported; torch-free module for the Snakefile
 from lungseg.training.sampling import PARTITIONS
 
-MODES = ("ddp", "fedavg")
+MODES = ("ddp", "fedavg", "flower")  # flower: lungseg fl-run / fl-server + fl-client (lungseg.federated)
 OPTIMIZERS = ("adam", "sgd")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SWITCHES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+TASKS = ("segmentation", "classification")
+#: classification: which labels the network learns (image = readers' malignancy, pathology = the patient-level
+#: pathology diagnosis, both = the two tasks in one network, shared as ``sharing`` says)
+CLS_TASKS = ("image", "pathology", "both")
+SHARINGS = ("soft", "hard")
+PLANES = ("orthogonal", "axial")
+INDETERMINATE = ("exclude", "class")
+CLASS_BALANCE = ("none", "sampling", "loss")
+SCHEDULERS = ("cosine", "plateau")
 #: settings a checkpoint must share with the current config to be resumed in the same --out-dir
-RESUME_KEYS = ("arch", "base_channels", "depth", "norm", "label", "image_size", "hu_window", "roi", "roi_label",
+RESUME_KEYS = ("task", "cls_task", "sharing", "planes", "indeterminate", "dropout", "scheduler", "arch",
+               "base_channels", "depth", "norm", "label", "image_size", "hu_window", "roi", "roi_label",
                "roi_margin", "patch_size", "patch_depth", "context_slices", "patch_spacing", "mode", "optimizer",
                "local_epochs", "fed_partition", "fed_fractions")
 #: TrainConfig fields that are options of a hand run only, not keys of the workflow's train: section
@@ -63,9 +73,10 @@ CLI_ONLY = ("device", "log_every")
 WORKFLOW_ONLY = ("nproc_per_node",)
 #: the allowed values of the settings with a fixed set of them (validate, the CLI's choices, the schema's enums)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "arch": tuple(sorted(MODELS)), "norm": tuple(NORMS), "roi": tuple(ROI_MODES), "loss": tuple(sorted(LOSSES)),
+    "arch": (*sorted(MODELS), *CLASSIFIERS), "norm": tuple(NORMS), "roi": tuple(ROI_MODES), "loss": tuple(sorted(LOSSES)),
     "optimizer": OPTIMIZERS, "mode": MODES, "fed_partition": tuple(PARTITIONS), "amp": AMP_MODES,
-    "channels_last": SWITCHES, "device": DEVICES,
+    "channels_last": SWITCHES, "device": DEVICES, "task": TASKS, "cls_task": CLS_TASKS, "sharing": SHARINGS,
+    "planes": PLANES, "indeterminate": INDETERMINATE, "class_balance": CLASS_BALANCE, "scheduler": SCHEDULERS,
 }
 
 
@@ -78,7 +89,13 @@ class TrainConfig:
     SGD over all torchrun processes) or ``fedavg`` (each process is a federated client that trains
     ``local_epochs`` epochs on its partition before the n_k/n-weighted averaging; ``epochs`` counts
     all local epochs, so rounds = epochs / local_epochs).
+
+    ``task``: ``segmentation`` (the U-Nets, on case files) or ``classification`` (nodule malignancy:
+    ``arch`` one of :data:`~lungseg.training.models.CLASSIFIERS`, on nodule patch files; the settings
+    from ``cls_task`` to ``class_balance`` apply; see :mod:`lungseg.training.tasks`).
     """
+
+    task: str = "segmentation"
 
     arch: str = "unet"
     base_channels: int = 16
@@ -123,6 +140,15 @@ class TrainConfig:
     channels_last: str = "auto"  # auto = on with CUDA
     sync_bn: bool = False  # SyncBatchNorm across DDP processes (CUDA only)
     deterministic: bool = False
+    cls_task: str = "image"  # classification: image (readers' malignancy), pathology, or both (two-task network)
+    sharing: str = "soft"  # cls_task both: soft (own stems, cross-stitched later stages) or hard (one backbone, two heads)
+    planes: str = "orthogonal"  # classification input: the 3 orthogonal planes as channels, or the axial plane alone
+    dropout: float = 0.0  # classification: dropout before the final layer(s)
+    indeterminate: str = "exclude"  # classification: readers' median rating 3: left out, or a third class
+    class_balance: str = "none"  # classification: none, sampling (class-balanced draws) or loss (class-weighted)
+    scheduler: str = "cosine"  # cosine (warmup + cosine to lr_min) or plateau (ReduceLROnPlateau on val_loss)
+    plateau_patience: int = 2  # plateau: epochs without a lower val_loss before the lr is cut
+    plateau_factor: float = 0.5  # plateau: the cut (new lr = factor * lr, not below lr_min)
     log_every: int = 0  # log a line every N training steps (0: progress bar only)
 
     @classmethod
@@ -163,18 +189,41 @@ class TrainConfig:
         if self.mixup < 0 or self.oversample <= 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"need mixup >= 0, oversample > 0 and 0 <= momentum < 1, got {self.mixup}, "
                              f"{self.oversample}, {self.momentum}")
-        if self.mode == "fedavg" and self.epochs % self.local_epochs:
-            raise ValueError(f"fedavg: epochs ({self.epochs}) must be a multiple of local_epochs ({self.local_epochs}); "
+        if self.mode in ("fedavg", "flower") and self.epochs % self.local_epochs:
+            raise ValueError(f"{self.mode}: epochs ({self.epochs}) must be a multiple of local_epochs ({self.local_epochs}); "
                              f"rounds = epochs / local_epochs")
         if self.pretrained and self.arch != "vgg16_unet":
             raise ValueError(f"pretrained weights are only for arch vgg16_unet, not {self.arch}")
+        if self.plateau_patience < 0 or not 0 < self.plateau_factor < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(f"need plateau_patience >= 0, 0 < plateau_factor < 1 and 0 <= dropout < 1, got "
+                             f"{self.plateau_patience}, {self.plateau_factor}, {self.dropout}")
+        self._validate_task()
+
+    def _validate_task(self) -> None:
+        """Which architectures and settings go with which task."""
+        classifier = self.arch in CLASSIFIERS
+        if self.task == "segmentation" and classifier:
+            raise ValueError(f"arch {self.arch} is a classifier; use task classification, or a segmentation "
+                             f"architecture ({', '.join(sorted(MODELS))})")
+        if self.task != "classification":
+            return
+        if not classifier:
+            raise ValueError(f"task classification needs a classifier arch ({', '.join(CLASSIFIERS)}), got {self.arch}")
+        segmentation_only = {"patch_size": 0, "context_slices": 0, "mixup": 0.0, "oversample": 1.0,
+                             "freeze_encoder_epochs": 0}
+        changed = [k for k, v in segmentation_only.items() if getattr(self, k) != v]
+        if changed:
+            one = len(changed) == 1
+            raise ValueError(f"{', '.join(changed)} {'is a segmentation setting' if one else 'are segmentation settings'}"
+                             f"; leave {'it' if one else 'them'} at the default for task classification "
+                             f"(class balance: class_balance sampling or loss)")
 
     def _validate_input(self) -> None:
         """Whole slices or patches, and which architecture takes which."""
         from lungseg.training.models import SPATIAL_DIMS
 
         side, what = (self.patch_size, "patch_size") if self.patches else (self.image_size, "image_size")
-        if side < 2**self.depth:
+        if side < 2**self.depth and self.task == "segmentation":
             raise ValueError(f"{what} {side} is too small for depth {self.depth} (needs >= {2**self.depth})")
         if self.patch_size < 0 or self.context_slices < 0:
             raise ValueError(f"patch_size and context_slices must be >= 0, got {self.patch_size}, {self.context_slices}")
@@ -211,7 +260,17 @@ class TrainConfig:
                 "spacing_mm": None if self.patch_spacing is None else float(self.patch_spacing),
                 "overlap": float(self.overlap)}
 
+    def heads(self) -> dict[str, int]:
+        """Classification: task name -> number of classes of each output head, in output order."""
+        image = 3 if self.indeterminate == "class" else 2
+        return {"image": {"image": image}, "pathology": {"pathology": 2},
+                "both": {"image": image, "pathology": 2}}[self.cls_task]
+
     def model_kwargs(self) -> dict[str, Any]:
+        if self.task == "classification":
+            heads = self.heads()
+            return {"in_channels": 3 if self.planes == "orthogonal" else 1, "heads": heads, "dropout": float(self.dropout),
+                    "norm": str(self.norm), "sharing": self.sharing if len(heads) > 1 else "none"}
         return {"in_channels": 1 + 2 * int(self.context_slices), "out_channels": 1, "base_channels": int(self.base_channels),
                 "depth": int(self.depth), "norm": str(self.norm)}
 

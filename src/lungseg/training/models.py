@@ -14,7 +14,9 @@ any input size (odd sizes too; the decoder resizes to each skip's size):
 
 :data:`SPATIAL_DIMS` says which take volumes (3) rather than slices (2).
 Every model exposes ``encoder`` (a module): :func:`set_encoder_trainable` freezes / unfreezes it.
-Adding an architecture is one line in :data:`MODELS` (keyword-only constructor).
+Adding an architecture is one line in :data:`MODELS` (keyword-only constructor). The nodule classifiers
+(:data:`CLASSIFIERS`, :mod:`lungseg.classification.models`) are in :data:`ARCHITECTURES`, which
+:func:`build_model` and model files use.
 """
 
 from __future__ import annotations
@@ -285,24 +287,41 @@ class UNet3D(nn.Module):
         return self.head(x)
 
 
-#: architecture name -> constructor (keyword arguments only)
+#: nodule classifiers (:mod:`lungseg.classification.models`; torchvision backbones, imported on first use)
+CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+
+
+def _classifier(backbone: str) -> Callable[..., nn.Module]:
+    def build(**kwargs: object) -> nn.Module:
+        from lungseg.classification.models import build_classifier  # torchvision: slow to import
+
+        return build_classifier(backbone, **kwargs)
+
+    build.__name__ = backbone
+    return build
+
+
+#: segmentation architecture name -> constructor (keyword arguments only)
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "vgg16_unet": VGG16UNet,
     "dense_unet": DenseUNet,
     "unet3d": UNet3D,
 }
+#: every architecture :func:`build_model` (and so a model file) can build: the segmentation networks and the classifiers
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {**MODELS, **{name: _classifier(name) for name in CLASSIFIERS}}
 
 #: spatial dimensions of each architecture's input: 2 = slices / 2-D patches (N, C, H, W), 3 = volumes (N, C, D, H, W)
-SPATIAL_DIMS: dict[str, int] = {"unet": 2, "vgg16_unet": 2, "dense_unet": 2, "unet3d": 3}
+SPATIAL_DIMS: dict[str, int] = {"unet": 2, "vgg16_unet": 2, "dense_unet": 2, "unet3d": 3, **dict.fromkeys(CLASSIFIERS, 2)}
 
 
 def build_model(arch: str, **kwargs: object) -> nn.Module:
-    """Instantiate architecture ``arch`` (a key of :data:`MODELS`) with ``kwargs``."""
+    """Instantiate architecture ``arch`` (a key of :data:`ARCHITECTURES`) with ``kwargs``."""
     try:
-        constructor = MODELS[arch]
+        constructor = ARCHITECTURES[arch]
     except KeyError:
-        raise ValueError(f"unknown model architecture {arch!r}; valid choices: {', '.join(sorted(MODELS))}") from None
+        raise ValueError(f"unknown model architecture {arch!r}; valid choices: {', '.join(sorted(MODELS))} "
+                         f"(segmentation), {', '.join(CLASSIFIERS)} (classification)") from None
     return constructor(**kwargs)
 
 

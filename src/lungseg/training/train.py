@@ -1,17 +1,22 @@
-"""The training loop: slice-wise segmentation as one process, DDP or federated averaging; resumable.
+"""The training loop: segmentation or nodule classification as one process, DDP or federated averaging; resumable.
+
+What depends on the task (data, network, loss, validation metrics, the selection metric) comes from its
+task head (:mod:`lungseg.training.tasks`, ``config.task``); everything below is shared.
 
 Outputs in ``out_dir`` (written by rank 0, atomically):
 
 * ``checkpoint.pt``: everything needed to resume (weights, optimiser, schedule position, AMP scaler,
-  epoch and step, RNG states, best validation Dice, per-epoch history, config); rewritten after every
+  epoch and step, RNG states, best validation score, per-epoch history, config); rewritten after every
   epoch (every round in ``fedavg`` mode) and when SIGTERM / SIGUSR1 stops the run mid-epoch, and
   reused automatically by the next call with the same ``out_dir``.
-* ``model.pt``: the best epoch by validation Dice, in the model file format of
-  :mod:`lungseg.training.checkpoint`.
-* ``metrics.csv``: one row per epoch (per round in ``fedavg`` mode; :data:`METRICS_FIELDS`): mean
-  training loss, validation loss, slice-aggregated validation Dice ``2 sum(TP) / (sum(P) + sum(G))``,
+* ``model.pt``: the best epoch by the task's selection metric (validation Dice; classification: validation
+  AUC), in the model file format of :mod:`lungseg.training.checkpoint`.
+* ``metrics.csv``: one row per epoch (per round in ``fedavg`` mode; segmentation: :data:`METRICS_FIELDS`):
+  mean training loss, validation loss, slice-aggregated validation Dice ``2 sum(TP) / (sum(P) + sum(G))``,
   mean per-slice validation F-score, the learning rate, training throughput of the whole job
-  (images/s, data loading included) and the wall time.
+  (images/s, data loading included) and the wall time; classification:
+  :data:`~lungseg.training.tasks.CLASSIFICATION_FIELDS` (AUCs, accuracy, balanced accuracy instead of
+  Dice and F-score).
 
 Determinism: the data of an epoch (order, augmentation, mixup) is a function of ``(seed, epoch)``
 only, so ``N`` processes with batch ``b`` see the same batches as one process with batch ``N b``,
@@ -28,7 +33,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,32 +47,32 @@ from tqdm import tqdm
 from lungseg.atomic import atomic_path
 from lungseg.training.checkpoint import CHECKPOINT_FORMAT, cpu_state_dict, load_checkpoint, model_file_state, save_checkpoint
 from lungseg.training.config import RESUME_KEYS, TrainConfig
-from lungseg.training.dataset import SliceDataset, item_seed
+from lungseg.training.dataset import item_seed
 from lungseg.training.distributed import (
     DistEnv,
     all_reduce_max,
     all_reduce_sum,
     barrier,
-    broadcast_buffers,
     cleanup,
     gather_to_main,
     init_distributed,
     is_distributed,
     weighted_average_,
 )
-from lungseg.training.losses import dice_counts, dice_from_counts, fscore_sum, get_loss
-from lungseg.training.models import SPATIAL_DIMS, build_model, set_encoder_trainable
-from lungseg.training.optim import build_optimizer, lr_at, set_lr
-from lungseg.training.patches import PatchDataset, PatchSpec
+from lungseg.training.losses import get_loss
+from lungseg.training.models import SPATIAL_DIMS, set_encoder_trainable
+from lungseg.training.optim import LRSchedule, build_optimizer, set_lr
 from lungseg.training.preemption import StopRequest, TrainingInterrupted, record_stop
 from lungseg.training.pretrained import load_vgg16_pretrained
-from lungseg.training.sampling import SliceSampler, oversampling_weights, partition_clients
+from lungseg.training.sampling import SliceSampler, partition_clients
+from lungseg.training.tasks import SEGMENTATION_FIELDS, TaskHead, task_head
 
 __all__ = ["METRICS_FIELDS", "TrainConfig", "train", "NonFiniteLossError"]
 
 log = logging.getLogger("lungseg.train")
 
-METRICS_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_fscore", "lr", "images_per_s", "epoch_seconds")
+#: the columns of a segmentation run's metrics.csv (a classification run's: tasks.CLASSIFICATION_FIELDS)
+METRICS_FIELDS = SEGMENTATION_FIELDS
 CHECKPOINT_NAME, MODEL_NAME, METRICS_NAME = "checkpoint.pt", "model.pt", "metrics.csv"
 
 
@@ -113,23 +118,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def write_metrics_csv(path: Path, rows: Sequence[dict[str, float]]) -> None:
-    """Write the per-epoch metrics table atomically."""
-    formats = {"epoch": "{:d}", "train_loss": "{:.6f}", "val_loss": "{:.6f}", "val_dice": "{:.6f}",
-               "val_fscore": "{:.6f}", "lr": "{:.6g}", "images_per_s": "{:.2f}", "epoch_seconds": "{:.3f}"}
+def write_metrics_csv(path: Path, rows: Sequence[dict[str, float]], fields: Sequence[str] = METRICS_FIELDS) -> None:
+    """Write the per-epoch metrics table (columns ``fields``) atomically; validation metrics with 6 decimals."""
+    formats = {"epoch": "{:d}", "lr": "{:.6g}", "images_per_s": "{:.2f}", "epoch_seconds": "{:.3f}"}
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(METRICS_FIELDS)
+        writer.writerow(fields)
         for row in rows:
-            writer.writerow([formats[k].format(int(row[k]) if k == "epoch" else float(row.get(k, math.nan)))
-                             for k in METRICS_FIELDS])
+            writer.writerow([formats.get(k, "{:.6f}").format(int(row[k]) if k == "epoch" else float(row.get(k, math.nan)))
+                             for k in fields])
 
 
 def _check_resumable(path: Path, state: dict[str, Any], config: TrainConfig, env: DistEnv) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a lungseg training checkpoint (format={state.get('format')!r}); "
                          f"use another --out-dir or delete it")
-    saved, current = state.get("config", {}), config.as_dict()
+    # settings added since a checkpoint was written count as their defaults (what that run trained with)
+    saved, current = {**TrainConfig().as_dict(), **state.get("config", {})}, config.as_dict()
     diffs = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in RESUME_KEYS if saved.get(k) != current[k]]
     if diffs:
         raise ValueError(
@@ -160,12 +165,15 @@ class _Ctx:
     channels_last: bool
     stop: StopRequest
     out_dir: Path
-    train_ds: SliceDataset
+    train_ds: Any
     val_loader: DataLoader
+    head: TaskHead
+    schedule: LRSchedule
     history: list[dict[str, float]] = field(default_factory=list)
-    best_dice: float = -math.inf
+    best_score: float = -math.inf
     frozen: bool | None = None
     net: torch.nn.Module | None = None  # the model as trained (DDP-wrapped when data-parallel)
+    extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None  # added to the training loss (FedProx)
 
     @property
     def ckpt_path(self) -> Path:
@@ -219,16 +227,26 @@ def train(
     out_dir: str | Path,
     *,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    initial_weights: Mapping[str, torch.Tensor] | None = None,
+    extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
 ) -> Path:
     """Train ``config.arch`` on ``train_cases``, validating on ``val_cases`` every epoch; returns ``out_dir/model.pt``.
+
+    ``train_cases`` / ``val_cases``: ingested case files (``task: segmentation``) or nodule patch files
+    ``<case>.patches.h5`` with their ``<case>.nodules.tsv`` beside them (``task: classification``).
 
     Runs as one process, or as one rank of a torchrun job (``mode="ddp"``: DDP; ``mode="fedavg"``: a
     federated client); NCCL on GPUs, gloo on CPU. Resumes from ``out_dir/checkpoint.pt`` when present.
     ``on_epoch_end(epoch, metrics_row)`` is called on every rank after each epoch's (round's) outputs
-    are written (epochs count from 1). SIGTERM / SIGUSR1 to any rank stop all ranks after the same step
+    are written (epochs count from 1). ``initial_weights`` (a state dict of ``config.arch``, e.g. a federated
+    round's global model) start a fresh run instead of the seeded initialisation; a checkpoint in ``out_dir``
+    still takes precedence (resume). ``extra_loss(model)`` is added to each training step's loss (FedProx's
+    proximal term, :mod:`lungseg.federated`). SIGTERM / SIGUSR1 to any rank stop all ranks after the same step
     with a checkpoint (rank 0 logs it in one line) and raise :class:`~lungseg.training.preemption.TrainingInterrupted`.
     """
     config.validate()
+    if config.mode == "flower":  # the Flower server and site clients call train() per round with mode ddp
+        raise ValueError("mode flower runs as lungseg fl-run (or fl-server + one fl-client per site), not lungseg train")
     if not train_cases:
         raise ValueError("no training cases given (--train is empty): the split has no training cases; "
                          "add cases or change split.fractions")
@@ -239,7 +257,7 @@ def train(
     env, device = init_distributed(config.device)
     try:
         return _train(config, [str(p) for p in train_cases], [str(p) for p in val_cases], Path(out_dir),
-                      env, device, on_epoch_end)
+                      env, device, on_epoch_end, initial_weights, extra_loss)
     finally:
         if owns_group:
             cleanup()
@@ -263,7 +281,9 @@ def _loader(dataset, sampler, config: TrainConfig, device: torch.device, drop_la
 
 
 def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], out_dir: Path, env: DistEnv,
-           device: torch.device, on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> Path:
+           device: torch.device, on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+           initial_weights: Mapping[str, torch.Tensor] | None = None,
+           extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None) -> Path:
     main = env.is_main
     if config.threads:
         if config.threads < env.local_world_size and env.local_rank == 0:
@@ -287,12 +307,15 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
         config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda"))
     ckpt_path, model_path, csv_path = out_dir / CHECKPOINT_NAME, out_dir / MODEL_NAME, out_dir / METRICS_NAME
 
+    head = task_head(config)
     seed_everything(config.seed)  # identical initial weights on every rank
-    model = build_model(config.arch, **config.model_kwargs())
+    model = head.build_model(config)
     state = None
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location="cpu")
         _check_resumable(ckpt_path, state, config, env)
+    elif initial_weights is not None:
+        model.load_state_dict(initial_weights)
     elif config.pretrained:
         used = load_vgg16_pretrained(model, config.pretrained)
         if main:
@@ -304,10 +327,12 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    schedule = LRSchedule(config.scheduler, config.lr, config.lr_min, config.epochs, config.warmup_epochs,
+                          config.plateau_patience, config.plateau_factor)
 
     start_epoch, position, client = 0, None, None
     history: list[dict[str, float]] = []
-    best_dice = -math.inf
+    best_score = -math.inf
     if state is not None:
         model.load_state_dict(state["model"])
         if config.mode == "fedavg":
@@ -321,43 +346,39 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
             position = state.get("position")
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, best_dice, history = int(state["epoch"]), float(state["best_val_dice"]), list(state["history"])
+        best = state["best_val_score"] if "best_val_score" in state else state["best_val_dice"]  # older checkpoints
+        start_epoch, best_score, history = int(state["epoch"]), float(best), list(state["history"])
+        schedule.load_state_dict(state.get("scheduler"))
         set_rng_state(state["rng"])
         if main:
             if start_epoch < config.epochs or position:
                 where = (f"epoch {position['epoch'] + 1}/{config.epochs}, step {position['step']}" if position
                          else f"epoch {start_epoch + 1}/{config.epochs}")
-                log.info("resuming from %s at %s (best val Dice so far %.4f)", ckpt_path, where, best_dice)
+                log.info("resuming from %s at %s (best %s so far %.4f)", ckpt_path, where, head.selection, best_score)
             else:
                 log.info("%s already has %d epoch(s) (>= %d requested); nothing to train", ckpt_path, start_epoch, config.epochs)
     if start_epoch >= config.epochs and not position:
         if not model_path.is_file():
             raise FileNotFoundError(f"{ckpt_path} is complete but {model_path} is missing; delete the checkpoint to retrain")
         if main:
-            write_metrics_csv(csv_path, history)
+            write_metrics_csv(csv_path, history, head.metric_fields)
         barrier()
         return model_path
 
-    train_ds, val_ds = _datasets(config, train_cases, val_cases)
-    unit = "patches" if config.patches else "slices"
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ValueError(f"no slices to learn from: {len(train_ds)} training and {len(val_ds)} validation slices")
-    if not train_ds.has_foreground:
-        raise ValueError(
-            f"the training split has no slice with '{config.label}' foreground in any of its {len(train_cases)} "
-            f"case(s) ({', '.join(Path(p).name for p in train_cases[:5])}{', ...' if len(train_cases) > 5 else ''}); "
-            f"nothing to learn. Choose another --label, or a split whose training cases contain that label"
-        )
+    train_ds, val_ds = head.datasets(config, train_cases, val_cases)
+    head.check_data(config, train_ds, val_ds, train_cases)
+    unit = head.unit
     val_loader = _loader(Subset(val_ds, range(env.rank, len(val_ds), env.world_size)), None, config, device)
-    ctx = _Ctx(config, env, device, model, optimizer, scaler, get_loss(config.loss), amp_dtype, channels_last,
-               StopRequest(), out_dir, train_ds, val_loader, history, best_dice)
+    ctx = _Ctx(config, env, device, model, optimizer, scaler, head.loss_fn(config, train_ds, get_loss), amp_dtype, channels_last,
+               StopRequest(), out_dir, train_ds, val_loader, head, schedule, history, best_score)
+    ctx.extra_loss = extra_loss
     if main:
         log.info("training %s %s (%s) on %d %s per epoch (%d cases), validating on %d %s (%d cases); "
                  "%d process(es) on %s, batch %d per process, input %s, epochs %d..%d, amp %s%s",
                  config.arch, config.model_kwargs(), config.mode, len(train_ds), unit, len(train_cases),
                  len(val_ds), unit, len(val_cases), env.world_size, device.type, config.batch_size,
-                 config.input_spec() if config.patches else f"{config.image_size}x{config.image_size}",
-                 start_epoch + 1, config.epochs, amp_dtype or "off", ", channels_last" if channels_last else "")
+                 head.describe_input(config), start_epoch + 1, config.epochs, amp_dtype or "off",
+                 ", channels_last" if channels_last else "")
     with ctx.stop:
         if config.mode == "fedavg":
             _fit_fedavg(ctx, start_epoch, position, client, on_epoch_end)
@@ -365,27 +386,11 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
             _fit_ddp(ctx, start_epoch, position, on_epoch_end)
     barrier()
     if main:
-        log.info("done: best val Dice %.4f -> %s", ctx.best_dice, model_path)
+        log.info("done: best %s %.4f -> %s", head.selection, ctx.best_score, model_path)
     return model_path
 
 
 # ---------------------------------------------------------------- shared pieces
-
-
-def _datasets(config: TrainConfig, train_cases: list[str], val_cases: list[str]) -> tuple[Any, Any]:
-    """Training and validation data: whole slices, or patches (a fixed validation set of
-    ``max(64, patches_per_epoch // 4)`` patches, drawn once with the run's seed)."""
-    roi = {"roi": config.roi, "roi_label": config.roi_label, "roi_margin": config.roi_margin}
-    if not config.patches:
-        return (SliceDataset(train_cases, config.label, config.image_size, config.hu_window, augment=config.augment, **roi),
-                SliceDataset(val_cases, config.label, config.image_size, config.hu_window, augment=False, **roi))
-    spec = PatchSpec.from_input(config.input_spec())
-    common = {"label": config.label, "spec": spec, "hu_window": config.hu_window,
-              "foreground_rate": config.foreground_rate, **roi, "seed": config.seed}
-    train_ds = PatchDataset(train_cases, n_items=config.patches_per_epoch, augment=config.augment, **common)
-    val_ds = PatchDataset(val_cases, n_items=max(64, config.patches_per_epoch // 4), augment=False, **common)
-    val_ds.set_epoch_seed(config.seed + 7919)  # the same validation patches in every epoch and every run
-    return train_ds, val_ds
 
 
 def _set_phase(ctx: _Ctx, epoch: int, wrap_ddp: bool) -> None:
@@ -438,6 +443,8 @@ def _run_epoch(ctx: _Ctx, loader: DataLoader, epoch: int, epoch_seed: int, start
         with ctx.autocast():
             logits = ctx.net(images)
         loss = ctx.loss_fn(logits, masks)
+        if ctx.extra_loss is not None:
+            loss = loss + ctx.extra_loss(ctx.model)
         ctx.scaler.scale(loss).backward()  # before the check, so DDP's gradient all-reduce completes everywhere
         flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.float32),
                              torch.tensor(float(ctx.stop.signum or 0), device=ctx.device)])
@@ -471,59 +478,35 @@ def _run_epoch(ctx: _Ctx, loader: DataLoader, epoch: int, epoch_seed: int, start
     return _EpochResult(step, completed=True)
 
 
-@torch.no_grad()
-def _validate(ctx: _Ctx) -> tuple[float, float, float]:
-    """Validation loss, slice-aggregated Dice and mean per-slice F-score over all ranks' shards."""
-    model = ctx.model
-    broadcast_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
-    model.eval()
-    sums = torch.zeros(6, dtype=torch.float64, device=ctx.device)  # loss * n, n, TP, P, G, sum of F-scores
-    for images, masks in ctx.val_loader:
-        images, masks = ctx.to_device(images, masks)
-        with ctx.autocast():
-            logits = model(images)
-        logits = logits.float()
-        n = images.shape[0]
-        sums[0] += ctx.loss_fn(logits, masks).to(torch.float64) * n
-        sums[1] += n
-        sums[2:5] += dice_counts(logits, masks)
-        sums[5] += fscore_sum(logits, masks)
-    all_reduce_sum(sums)
-    if sums[1] == 0:
-        raise ValueError("the validation cases have no slices")
-    return float(sums[0] / sums[1]), dice_from_counts(sums[2:5]), float(sums[5] / sums[1])
-
-
 def _finish_epoch(ctx: _Ctx, epoch_done: int, row: dict[str, float], checkpoint: dict[str, Any]) -> None:
     """Record a finished epoch (round): history, best ``model.pt``, ``metrics.csv``, checkpoint, log line."""
-    config = ctx.config
+    config, head = ctx.config, ctx.head
     ctx.history.append(row)
-    improved = row["val_dice"] > ctx.best_dice
-    ctx.best_dice = max(ctx.best_dice, row["val_dice"])
+    score = head.score(row)
+    improved = score > ctx.best_score
+    ctx.best_score = max(ctx.best_score, score)
     if not ctx.env.is_main:
         return
     if improved or not ctx.model_path.is_file():  # (re-)create a deleted model.pt on resume
+        info = head.model_file_info(config)
+        selected = {"val_dice": row["val_dice"]} if head.selection == "val_dice" else {
+            "task": config.task, "score": {"metric": head.selection, "value": row[head.selection]}}
         save_checkpoint(ctx.model_path, model_file_state(
-            ctx.model, arch=config.arch, model_kwargs=config.model_kwargs(), label=config.label,
-            image_size=config.image_size, hu_window=config.hu_window, epoch=epoch_done, val_dice=row["val_dice"],
-            roi={"mode": config.roi, "label": config.roi_label if config.roi != "none" else "",
-                 "margin": config.roi_margin if config.roi == "crop" or config.patches else 0},
-            input_spec=config.input_spec(),
-            gpus=ctx.env.world_size if ctx.device.type == "cuda" else 0))
-    write_metrics_csv(ctx.out_dir / METRICS_NAME, ctx.history)
+            ctx.model, arch=config.arch, model_kwargs=config.model_kwargs(), image_size=config.image_size,
+            hu_window=config.hu_window, epoch=epoch_done, gpus=ctx.env.world_size if ctx.device.type == "cuda" else 0,
+            **selected, **info))
+    write_metrics_csv(ctx.out_dir / METRICS_NAME, ctx.history, head.metric_fields)
     _save(ctx, epoch_done, **checkpoint)
-    log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f%s  val_F %.4f  lr %.3g  %.1f img/s  %.1f s",
-             epoch_done, config.epochs, row["train_loss"], row["val_loss"], row["val_dice"],
-             " (best)" if improved else "", row["val_fscore"], row["lr"], row["images_per_s"], row["epoch_seconds"])
+    log.info("epoch %d/%d  %s  lr %.3g  %.1f img/s  %.1f s", epoch_done, config.epochs, head.log_row(row, improved),
+             row["lr"], row["images_per_s"], row["epoch_seconds"])
 
 
 def _save(ctx: _Ctx, epoch_done: int, **extra: Any) -> None:
     """Write ``checkpoint.pt`` (rank 0): the state after ``epoch_done`` epochs plus ``extra`` (position, clients)."""
     state = {
         "format": CHECKPOINT_FORMAT, "epoch": epoch_done, "model": cpu_state_dict(ctx.model),
-        "optimizer": None, "scheduler": {"kind": "warmup_cosine", "last_epoch": epoch_done,
-                                         "lr": float(ctx.optimizer.param_groups[0]["lr"])},
-        "scaler": ctx.scaler.state_dict(), "best_val_dice": ctx.best_dice, "history": ctx.history,
+        "optimizer": None, "scheduler": ctx.schedule.state_dict(epoch_done, ctx.optimizer.param_groups[0]["lr"]),
+        "scaler": ctx.scaler.state_dict(), "best_val_score": ctx.best_score, "history": ctx.history,
         "config": ctx.config.as_dict(), "world_size": ctx.env.world_size, "rng": rng_state(),
         "position": None, "clients": None,
     }
@@ -549,17 +532,24 @@ def _stopped(ctx: _Ctx, epoch: int, step: int) -> TrainingInterrupted:
     return exc
 
 
-def _row(epoch_done: int, train_sums: torch.Tensor, val: tuple[float, float, float], lr: float,
+def _row(epoch_done: int, train_sums: torch.Tensor, val: dict[str, float], lr: float,
          train_seconds: float, seconds: float) -> dict[str, float]:
     loss, n = float(train_sums[0]), float(train_sums[1])
-    return {"epoch": epoch_done, "train_loss": loss / max(n, 1.0), "val_loss": val[0], "val_dice": val[1],
-            "val_fscore": val[2], "lr": lr, "images_per_s": n / max(train_seconds, 1e-9), "epoch_seconds": seconds}
+    return {"epoch": epoch_done, "train_loss": loss / max(n, 1.0), **val, "lr": lr,
+            "images_per_s": n / max(train_seconds, 1e-9), "epoch_seconds": seconds}
+
+
+def _validate_and_schedule(ctx: _Ctx, epoch: int) -> dict[str, float]:
+    """The task head's validation metrics after 0-based ``epoch``, fed to the learning-rate schedule
+    (plateau: the next epochs' rate) before the checkpoint records its state."""
+    val = ctx.head.validate(ctx)
+    ctx.schedule.step(epoch, val["val_loss"])
+    return val
 
 
 def _sampler(ctx: _Ctx, dataset, indices: np.ndarray | None, replicas: int, rank: int, seed: int) -> SliceSampler:
-    positive = ctx.train_ds.positive if indices is None else ctx.train_ds.positive[indices]
     return SliceSampler(dataset, num_replicas=replicas, rank=rank, seed=seed,
-                        weights=oversampling_weights(positive, ctx.config.oversample))
+                        weights=ctx.head.sampling_weights(ctx.config, ctx.train_ds, indices))
 
 
 def _train_loader(ctx: _Ctx, dataset, sampler: SliceSampler) -> DataLoader:
@@ -592,7 +582,7 @@ def _fit_ddp(ctx: _Ctx, start_epoch: int, position: dict | None,
             if env.is_main:
                 sums += torch.tensor(position["sums"], dtype=torch.float64, device=ctx.device)
         position = None
-        lr = lr_at(epoch, config.epochs, config.lr, config.lr_min, config.warmup_epochs)
+        lr = ctx.schedule.lr(epoch)
         set_lr(ctx.optimizer, lr)
         result = _run_epoch(ctx, loader, epoch, data_seed, start_step, sums, collective=True)
         if not result.completed:  # stopped by a signal after step result.steps, on every rank
@@ -603,7 +593,7 @@ def _fit_ddp(ctx: _Ctx, start_epoch: int, position: dict | None,
             raise _stopped(ctx, epoch, result.steps)
         train_seconds = time.perf_counter() - t0
         all_reduce_sum(sums)
-        val = _validate(ctx)
+        val = _validate_and_schedule(ctx, epoch)
         row = _row(epoch + 1, sums, val, lr, train_seconds, time.perf_counter() - t0)
         _finish_epoch(ctx, epoch + 1, row, {"optimizer": ctx.optimizer.state_dict()})
         if on_epoch_end is not None:
@@ -620,18 +610,18 @@ def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict
     """Each rank is client k: ``local_epochs`` epochs on its partition, then the n_k/n-weighted
     average of all clients' weights (eq. 1 of seed 000) becomes everyone's model; repeat."""
     config, env = ctx.config, ctx.env
-    case_of_item = ctx.train_ds.index[:, 0]
+    case_of_item = ctx.head.case_of_item(ctx.train_ds)
     parts = partition_clients(case_of_item, env.world_size, config.fed_partition, config.seed,
                               config.fed_fractions or None)
     sizes = [len(p) for p in parts]
     if min(sizes) == 0:
-        raise ValueError(f"fedavg: a client got no training slices (client sizes {sizes}, partition "
+        raise ValueError(f"fedavg: a client got no training {ctx.head.unit} (client sizes {sizes}, partition "
                          f"{config.fed_partition!r}); use fewer clients, partition iid, or more training cases")
     mine = parts[env.rank]
     weight = sizes[env.rank] / float(sum(sizes))
     if env.is_main:
-        log.info("fedavg: %d client(s), %s partition, slices per client %s, %d local epoch(s) per round",
-                 env.world_size, config.fed_partition, sizes, config.local_epochs)
+        log.info("fedavg: %d client(s), %s partition, %s per client %s, %d local epoch(s) per round",
+                 env.world_size, config.fed_partition, ctx.head.unit, sizes, config.local_epochs)
     subset = Subset(ctx.train_ds, mine.tolist())
     sampler = _sampler(ctx, subset, mine, 1, 0, config.seed + env.rank)
     loader = _train_loader(ctx, subset, sampler)
@@ -644,7 +634,7 @@ def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict
         round_end = round_start + e_local
         t0 = time.perf_counter()
         result = _EpochResult(0, completed=True)
-        lr = lr_at(round_start, config.epochs, config.lr, config.lr_min, config.warmup_epochs)
+        lr = ctx.schedule.lr(round_start)
         first = int(position["epoch"]) if position else round_start  # a resumed client may be done already
         at = {"epoch": round_end, "step": 0}
         for e in range(first, round_end):
@@ -656,7 +646,7 @@ def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict
             start_step = int(position["step"]) if position and int(position["epoch"]) == e else 0
             sampler.skip(start_step * config.batch_size)
             position = None
-            set_lr(ctx.optimizer, lr_at(e, config.epochs, config.lr, config.lr_min, config.warmup_epochs))
+            set_lr(ctx.optimizer, ctx.schedule.lr(e))
             result = _run_epoch(ctx, loader, e, data_seed, start_step, round_sums, collective=False)
             if not result.completed:
                 at = {"epoch": e, "step": result.steps}
@@ -677,7 +667,7 @@ def _fit_fedavg(ctx: _Ctx, start_epoch: int, position: dict | None, client: dict
         train_seconds = time.perf_counter() - t0
         weighted_average_(ctx.model, weight)
         all_reduce_sum(round_sums)
-        val = _validate(ctx)
+        val = _validate_and_schedule(ctx, round_end - 1)
         row = _row(round_end, round_sums, val, lr, train_seconds, time.perf_counter() - t0)
         clients = gather_to_main({"optimizer": ctx.optimizer.state_dict()})
         _finish_epoch(ctx, round_end, row, {"clients": clients})

@@ -1,0 +1,166 @@
+"""Nodule patches as classification training data.
+
+Inputs: the per-case nodule patch files ``<case>.patches.h5`` (what ``lungseg train --train/--val`` take
+for ``task: classification``); each one's table is the ``<case>.nodules.tsv`` beside it (row i <->
+``/patches[i]``; :mod:`lungseg.classification.patches`, :mod:`lungseg.classification.nodule_table`).
+
+Items: ``(patch (C, S, S) float32, target (T,) int64)``. The patch is the HU planes (the 3 orthogonal
+planes, or the axial one) windowed with ``hu_window`` to 0..1 and resized to ``image_size`` by the
+preprocessing inference uses (:func:`lungseg.training.preprocess.to_model_input`). ``target[t]`` is the
+class index of head ``t`` (``heads``: ``image`` = the readers' label, classes as
+:meth:`lungseg.classification.labels.LabelProtocol.classes`; ``pathology`` = benign 0 / malignant 1),
+``-1`` where that label is unknown (or indeterminate and excluded); rows unknown for every head are
+left out, so an image-only dataset holds exactly the labelled nodules.
+
+Augmentation (training): flips along x, y and z, the x <-> y swap (with the flips: the 90-degree
+rotations about z) and an isotropic scale in [0.9, 1.1], each applied consistently to all three planes
+(the same 3-D transform: an x flip flips the axial and coronal columns, the swap transposes the axial
+plane and exchanges coronal and sagittal). Drawn from ``item_seed(epoch seed, index)``, as the
+segmentation data: the same item gets the same transform on any rank, worker or resumed run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from lungseg.classification.labels import BENIGN, MALIGNANT, LabelProtocol
+from lungseg.classification.nodule_table import read_nodule_table
+from lungseg.classification.patches import read_patches
+from lungseg.training.dataset import item_seed
+from lungseg.training.preprocess import to_model_input
+
+PATCH_SUFFIX, TABLE_SUFFIX = ".patches.h5", ".nodules.tsv"
+PATHOLOGY_CLASSES = (BENIGN, MALIGNANT)
+SCALE_RANGE = (0.9, 1.1)
+
+
+def table_of(patch_file: str | Path) -> Path:
+    """The nodule table beside a patch file: ``A.patches.h5`` -> ``A.nodules.tsv``."""
+    path = Path(patch_file)
+    if not path.name.endswith(PATCH_SUFFIX):
+        raise ValueError(f"{path} is not a nodule patch file (<case>{PATCH_SUFFIX}); classification trains on the "
+                         f"files of `lungseg nodule-patches`")
+    return path.with_name(path.name[: -len(PATCH_SUFFIX)] + TABLE_SUFFIX)
+
+
+def head_classes(head: str, indeterminate: str) -> tuple[str, ...]:
+    """The class words of a head, in index order."""
+    if head == "image":
+        return LabelProtocol(indeterminate=indeterminate).classes()
+    if head == "pathology":
+        return PATHOLOGY_CLASSES
+    raise ValueError(f"unknown classification head {head!r}; valid: image, pathology")
+
+
+def read_case(patch_file: str | Path, table: str | Path | None = None) -> tuple[np.ndarray, list[dict]]:
+    """``(patches int16 (N, 3, S, S), table rows)`` of one case, checked to belong together."""
+    table = table_of(patch_file) if table is None else Path(table)
+    if not Path(patch_file).is_file():
+        raise FileNotFoundError(f"nodule patch file not found: {patch_file}")
+    if not table.is_file():
+        raise FileNotFoundError(f"nodule table {table} (beside {patch_file}) not found; "
+                                f"run `lungseg nodule-patches` for the case")
+    patches, _ = read_patches(patch_file)
+    rows = read_nodule_table(table)
+    if len(rows) != len(patches):
+        raise ValueError(f"{table} has {len(rows)} nodule row(s) but {patch_file} has {len(patches)} patch(es); "
+                         f"rewrite both with `lungseg nodule-patches`")
+    return patches, rows
+
+
+def model_input(patches: np.ndarray, planes: str, image_size: int, hu_window: Sequence[float]) -> torch.Tensor:
+    """HU patches (N, 3, S, S) -> network input (N, C, image_size, image_size) float32 in 0..1."""
+    x = torch.from_numpy(np.ascontiguousarray(patches[:, :1] if planes == "axial" else patches))
+    n, c, s, _ = x.shape
+    if n == 0:
+        return torch.zeros(0, c, image_size, image_size)
+    return to_model_input(x.reshape(n * c, s, s), image_size, hu_window).reshape(n, c, image_size, image_size)
+
+
+def transform_planes(x: torch.Tensor, flip_x: bool = False, flip_y: bool = False, flip_z: bool = False,
+                     swap_xy: bool = False, scale: float = 1.0) -> torch.Tensor:
+    """A 3-D transform of the volume around the nodule, applied to its planes (C, S, S): C = 3 (axial[y, x],
+    coronal[z, x], sagittal[z, y]) or C = 1 (axial). Flips along x / y / z, then the x <-> y swap, then an
+    isotropic zoom by ``scale`` about the centre (bilinear; 0 = air outside)."""
+    axial = x[0]
+    coronal, sagittal = (x[1], x[2]) if x.shape[0] == 3 else (None, None)
+    if flip_x:
+        axial = axial.flip(-1)
+        coronal = None if coronal is None else coronal.flip(-1)
+    if flip_y:
+        axial = axial.flip(-2)
+        sagittal = None if sagittal is None else sagittal.flip(-1)
+    if flip_z and coronal is not None:
+        coronal, sagittal = coronal.flip(-2), sagittal.flip(-2)
+    if swap_xy:
+        axial = axial.transpose(-1, -2)
+        coronal, sagittal = sagittal, coronal
+    out = torch.stack([axial] if coronal is None else [axial, coronal, sagittal])
+    if scale == 1.0:
+        return out.contiguous()
+    theta = torch.tensor([[[1.0 / scale, 0.0, 0.0], [0.0, 1.0 / scale, 0.0]]], dtype=out.dtype)
+    grid = F.affine_grid(theta, [1, *out.shape], align_corners=False)
+    return F.grid_sample(out[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].contiguous()
+
+
+def augment_planes(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """:func:`transform_planes` with random flips (each 1/2), swap (1/2) and scale (uniform in :data:`SCALE_RANGE`)."""
+    flip_x, flip_y, flip_z, swap, u = torch.rand(5, generator=generator).tolist()
+    scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u
+    return transform_planes(x, flip_x < 0.5, flip_y < 0.5, flip_z < 0.5, swap < 0.5, scale)
+
+
+class NoduleDataset(Dataset):
+    """The labelled nodules of ``patch_files`` (see the module docstring); all patches held in memory."""
+
+    def __init__(self, patch_files: Sequence[str | Path], heads: Sequence[str], planes: str, image_size: int,
+                 hu_window: Sequence[float], indeterminate: str = "exclude", augment: bool = False,
+                 keep_unlabelled: bool = False) -> None:
+        self.files = [str(p) for p in patch_files]
+        self.heads = list(heads)
+        self.classes = {h: head_classes(h, indeterminate) for h in self.heads}
+        self.augment = augment
+        self.epoch_seed = 0
+        images, targets, cases, rows = [], [], [], []
+        for case_idx, path in enumerate(self.files):
+            patches, table = read_case(path)
+            target = np.array([[self._index(h, row) for h in self.heads] for row in table], dtype=np.int64).reshape(
+                len(table), len(self.heads))
+            keep = np.ones(len(table), bool) if keep_unlabelled else (target >= 0).any(axis=1)
+            images.append(model_input(patches[keep], planes, image_size, hu_window))
+            targets.append(target[keep])
+            cases.append(np.full(int(keep.sum()), case_idx, dtype=np.int64))
+            rows.extend(r for r, k in zip(table, keep) if k)
+        channels = 3 if planes == "orthogonal" else 1
+        self.images = torch.cat(images) if images else torch.zeros(0, channels, image_size, image_size)
+        self.targets = np.concatenate(targets) if targets else np.zeros((0, len(self.heads)), np.int64)
+        self.case_of_item = np.concatenate(cases) if cases else np.zeros(0, np.int64)
+        self.rows = rows
+
+    def _index(self, head: str, row: dict) -> int:
+        word = row["label"] if head == "image" else row["pathology"]
+        classes = self.classes[head]
+        return classes.index(word) if word in classes else -1
+
+    def class_counts(self, head: str) -> np.ndarray:
+        """Examples per class of ``head`` (labelled rows only)."""
+        t = self.targets[:, self.heads.index(head)]
+        return np.bincount(t[t >= 0], minlength=len(self.classes[head]))
+
+    def set_epoch_seed(self, seed: int) -> None:
+        self.epoch_seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if self.augment:
+            x = augment_planes(x, torch.Generator().manual_seed(item_seed(self.epoch_seed, i)))
+        return x, torch.from_numpy(self.targets[i])

@@ -1,0 +1,131 @@
+"""``lungseg classify``: the malignancy probability of every nodule of a case, from one model or the mean of
+several (the fold models of an experiment).
+
+Input: a case's nodule patch file and nodule table (``lungseg nodule-patches``); output: a TSV with one row
+per nodule (row i <-> patch i): ``case, patient, nodule, diameter_mm, at_edge, label, pathology`` copied from
+the table, then per head of the model(s) ``p_malignant`` (image head: the readers' malignancy) and / or
+``p_pathology_malignant`` (pathology head), the probability of the class ``malignant`` averaged over the
+models, and ``models`` (how many were averaged). The patches get the preprocessing the models were trained
+with (planes, HU window, size: recorded in the model file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lungseg.atomic import write_text_atomic
+from lungseg.classification.dataset import model_input, read_case
+from lungseg.ingest.errors import IngestError
+
+#: output column of each head's malignancy probability
+PROBABILITY_COLUMNS = {"image": "p_malignant", "pathology": "p_pathology_malignant"}
+COPIED = ("case", "patient", "nodule", "diameter_mm", "at_edge", "label", "pathology")
+#: what must agree between the models of an ensemble
+ENSEMBLE_KEYS = ("image_size", "hu_window")
+
+
+def load_classifiers(paths: Sequence[str | Path]) -> tuple[list[nn.Module], dict[str, Any]]:
+    """The classifiers of ``paths`` (eval mode, CPU) and their common metadata; an IngestError naming the file
+    for a file that is not a classification model or does not fit the first one."""
+    from lungseg.inference.model import load_predictor
+
+    models, first = [], None
+    for path in paths:
+        model, meta = load_predictor(path)
+        if meta.get("task") != "classification":
+            raise IngestError(path, "is a segmentation model file",
+                              "pass a model.pt trained with `lungseg train --task classification`")
+        info = (meta["classification"]["heads"], meta["classification"]["planes"], *(meta[k] for k in ENSEMBLE_KEYS))
+        if first is None:
+            first = (meta, info)
+        elif info != first[1]:
+            raise IngestError(path, f"has heads/planes/image size/HU window {info}, {paths[0]} has {first[1]}",
+                              "average only the fold models of one classification experiment")
+        models.append(model)
+    if first is None:
+        raise ValueError("no model files given")
+    return models, first[0]
+
+
+@torch.no_grad()
+def predict_probabilities(models: Sequence[nn.Module], meta: dict[str, Any], patches: np.ndarray,
+                          batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Head -> probability of ``malignant`` per patch (HU patches (N, 3, S, S)), the mean over ``models``."""
+    info = meta["classification"]
+    x = model_input(patches, info["planes"], int(meta["image_size"]), meta["hu_window"])
+    out = {head: np.zeros(len(x), dtype=np.float64) for head in info["heads"]}
+    for model in models:
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size])
+            for head, classes in info["heads"].items():
+                prob = torch.softmax(logits[head].float(), dim=1)[:, classes.index("malignant")]
+                out[head][start:start + batch_size] += prob.numpy() / len(models)
+    return out
+
+
+def classify_case(model_paths: Sequence[str | Path], patch_file: str | Path, table: str | Path,
+                  batch_size: int = 64) -> list[dict[str, str]]:
+    """The prediction rows of one case (see the module docstring)."""
+    models, meta = load_classifiers(model_paths)
+    patches, rows = read_case(patch_file, table)
+    probs = predict_probabilities(models, meta, patches, batch_size)
+    out = []
+    for i, row in enumerate(rows):
+        record = {k: _text(row[k]) for k in COPIED}
+        record.update({PROBABILITY_COLUMNS[h]: f"{p[i]:.6f}" for h, p in probs.items()})
+        record["models"] = str(len(models))
+        out.append(record)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def write_predictions(path: str | Path, rows: list[dict[str, str]], heads: Sequence[str]) -> None:
+    """The predictions TSV (header even without nodules), atomically."""
+    columns = [*COPIED, *(PROBABILITY_COLUMNS[h] for h in heads), "models"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", nargs="+", required=True, type=Path, metavar="MODEL.pt",
+                        help="classification model file(s) of `lungseg train --task classification`; several: "
+                             "the mean of their probabilities (fold ensemble)")
+    parser.add_argument("--patches", required=True, type=Path, metavar="CASE.patches.h5", help="the case's nodule patches")
+    parser.add_argument("--table", required=True, type=Path, metavar="CASE.nodules.tsv", help="the case's nodule table")
+    parser.add_argument("--out", required=True, type=Path, metavar="PREDICTIONS.tsv", help="per-nodule probabilities")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="patches per forward pass (default: 64)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, meta = load_classifiers(args.model)
+    try:
+        rows = classify_case(args.model, args.patches, args.table, args.batch_size)
+    except IngestError:
+        raise
+    except (FileNotFoundError, ValueError) as exc:  # missing or mismatched patch file / table: one line
+        raise IngestError(args.patches, str(exc).splitlines()[0], "pass a case's <case>.patches.h5 and the "
+                          "<case>.nodules.tsv written with it by `lungseg nodule-patches`") from None
+    write_predictions(args.out, rows, list(meta["classification"]["heads"]))
+    return 0

@@ -1,0 +1,149 @@
+"""Classification metrics of binary (malignant vs not) predictions: accuracy, balanced accuracy, ROC AUC with a
+bootstrap 95% CI, sensitivity and specificity at a threshold, the confusion matrix, the Brier score and the
+bins of a reliability curve.
+
+``y_true`` holds 0 / 1 (1 = positive, malignant), ``prob`` the predicted probability of the positive class.
+Undefined values (AUC with one class only, sensitivity without positives, ...) are NaN, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from lungseg.evaluation.bootstrap import DEFAULT_SAMPLES, bootstrap_ci
+
+
+def _binary(y_true: Sequence[int] | np.ndarray) -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError(f"y_true must hold 0 / 1 labels, got values {sorted(set(np.unique(y).tolist()))[:5]}")
+    return y.astype(np.int64)
+
+
+def _pairs(y_true, prob) -> tuple[np.ndarray, np.ndarray]:
+    y, p = _binary(y_true), np.asarray(prob, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise ValueError(f"y_true and prob must be 1-D of the same length, got shapes {y.shape} and {p.shape}")
+    return y, p
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = 2) -> np.ndarray:
+    """``m[i, j]`` = examples of true class i predicted as class j."""
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {t.shape} vs {p.shape}")
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= n_classes):
+        raise ValueError(f"class indices must lie in 0..{n_classes - 1}")
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Share of correct predictions (NaN without examples)."""
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(t == p)) if t.size else float("nan")
+
+
+def balanced_accuracy(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int | None = None) -> float:
+    """Mean recall over the classes present in ``y_true`` (NaN without examples)."""
+    t = np.asarray(y_true, dtype=np.int64)
+    if not t.size:
+        return float("nan")
+    k = n_classes or int(max(t.max(), np.max(y_pred)) + 1)
+    m = confusion_matrix(t, y_pred, k)
+    support = m.sum(axis=1)
+    return float(np.mean(np.diag(m)[support > 0] / support[support > 0]))
+
+
+def roc_auc(y_true: Sequence[int], prob: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney: ties count one half); NaN unless both classes occur."""
+    y, p = _pairs(y_true, prob)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_curve(y_true: Sequence[int], prob: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``: one point per distinct score (predict positive when ``prob >= threshold``),
+    from (0, 0) at threshold +inf to (1, 1)."""
+    y, p = _pairs(y_true, prob)
+    order = np.argsort(-p, kind="mergesort")
+    y, p = y[order], p[order]
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1] if len(p) else np.zeros(0, np.int64)
+    tps, fps = np.cumsum(y)[last], (last + 1) - np.cumsum(y)[last]
+    n_pos, n_neg = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
+    return (np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos], np.r_[np.inf, p[last]])
+
+
+def roc_auc_ci(y_true: Sequence[int], prob: Sequence[float], samples: int = DEFAULT_SAMPLES, seed: int = 0,
+               level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the ROC AUC (examples resampled with replacement; resamples with one class
+    only are dropped); None for fewer than 2 examples or no resample with both classes."""
+    y, p = _pairs(y_true, prob)
+
+    def auc_of_rows(index_rows: np.ndarray, axis: int = 1) -> np.ndarray:
+        return np.array([roc_auc(y[idx], p[idx]) for idx in index_rows.astype(np.int64)])
+
+    return bootstrap_ci(np.arange(len(y)), samples=samples, seed=seed, level=level, statistic=auc_of_rows)
+
+
+def sensitivity_specificity(y_true: Sequence[int], prob: Sequence[float], threshold: float = 0.5) -> tuple[float, float]:
+    """Sensitivity (recall of positives) and specificity (recall of negatives) when ``prob >= threshold``
+    is called positive; each NaN without examples of its class."""
+    y, p = _pairs(y_true, prob)
+    pred = p >= threshold
+    pos, neg = y == 1, y == 0
+    sens = float(pred[pos].mean()) if pos.any() else float("nan")
+    spec = float((~pred[neg]).mean()) if neg.any() else float("nan")
+    return sens, spec
+
+
+def brier_score(y_true: Sequence[int], prob: Sequence[float]) -> float:
+    """Mean squared difference between the probability and the outcome (NaN without examples)."""
+    y, p = _pairs(y_true, prob)
+    return float(np.mean((p - y) ** 2)) if y.size else float("nan")
+
+
+def reliability_bins(y_true: Sequence[int], prob: Sequence[float], n_bins: int = 10) -> list[dict[str, float]]:
+    """Reliability-curve bins: ``n_bins`` equal-width probability bins ([0, 1/n), ..., [.., 1]), each with its
+    ``count``, ``mean_prob`` (the predicted) and ``fraction_positive`` (the observed; NaN when empty)."""
+    y, p = _pairs(y_true, prob)
+    which = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        inside = which == b
+        n = int(inside.sum())
+        bins.append({"lo": b / n_bins, "hi": (b + 1) / n_bins, "count": n,
+                     "mean_prob": float(p[inside].mean()) if n else float("nan"),
+                     "fraction_positive": float(y[inside].mean()) if n else float("nan")})
+    return bins
+
+
+def classification_summary(y_true: Sequence[int], prob: Sequence[float], threshold: float = 0.5,
+                           samples: int = DEFAULT_SAMPLES, seed: int = 0, n_bins: int = 10) -> dict[str, Any]:
+    """All of the above for one set of binary predictions, JSON-ready (NaN -> None)."""
+    y, p = _pairs(y_true, prob)
+    pred = (p >= threshold).astype(np.int64)
+    sens, spec = sensitivity_specificity(y, p, threshold)
+    ci = roc_auc_ci(y, p, samples, seed)
+    out = {"n": int(len(y)), "positives": int(y.sum()), "threshold": float(threshold),
+           "accuracy": accuracy(y, pred), "balanced_accuracy": balanced_accuracy(y, pred, 2),
+           "auc": roc_auc(y, p), "auc_ci95": list(ci) if ci else None, "sensitivity": sens, "specificity": spec,
+           "brier": brier_score(y, p), "confusion_matrix": confusion_matrix(y, pred, 2).tolist(),
+           "reliability": reliability_bins(y, p, n_bins)}
+    return _json_ready(out)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
