@@ -3,16 +3,18 @@ import functools
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from lungseg.demo.cohort import demo_case_ids, demo_dicom_names
+from lungseg.demo.cohort import demo_case_ids, demo_dicom_names, demo_site
 from lungseg.ingest.fingerprint import folder_fingerprint
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.experiments import reference_experiment, resolve_experiments
+from lungseg.cluster.launch import torchrun_prefix
 from lungseg.lungmask.methods import baseline_name
 from lungseg.training.rule_args import checkpoint_key
 from lungseg.split import check_folds, fold_cases, read_split_table
@@ -73,6 +75,7 @@ def _demo_case_table():
             "dicom": f"{folder}/{case}/dicom",
             "label_lung": f"{folder}/{case}/labels/lung.nii.gz",
             "label_nodule": f"{folder}/{case}/labels/nodule.nii.gz",
+            "site": demo_site(case),
         }
         for case in demo_case_ids(config["demo"]["n_cases"])
     }
@@ -344,6 +347,20 @@ def checkpoint_dir(wildcards):
     return f"{model_file(wildcards.experiment, wildcards.fold).rsplit('/', 1)[0]}/checkpoints/{key}"
 
 
+def train_launch(wildcards, resources):
+    """The training program of an experiment's job: torchrun (srun torchrun on several nodes) + `lungseg train`,
+    or with train.mode flower `lungseg fl-run`: a Flower server and one client per site of the case sheet."""
+    settings = EXPERIMENTS[wildcards.experiment]
+    if settings["mode"] != "flower":
+        return torchrun_prefix(resources.get("nodes", 1), settings["nproc_per_node"]) + " -m lungseg train"
+    fed = config["federated"]
+    options = [f"--min-clients {fed['min_clients']}"] if fed["min_clients"] else []
+    options += [f"--round-timeout {fed['round_timeout']}"] if fed["round_timeout"] else []
+    options += [f"--evaluate-every {fed['evaluate_every']}"] if fed["evaluate_every"] > 1 else []
+    options += [f"--proximal-mu {fed['proximal_mu']}"] if fed["proximal_mu"] else []
+    return " ".join(["lungseg fl-run --sites", shlex.quote(CASE_SHEET), *options])
+
+
 def roi_mask_option(wildcards, input):
     """`lungseg predict --roi-mask`: used only if the experiment's model was trained on a region of interest of the lungs."""
     return ["--roi-mask", input.lung] if EXPERIMENTS[wildcards.experiment].get("roi_label", "lung") == "lung" else []
@@ -441,8 +458,62 @@ def all_outputs(wildcards):
             external_outputs(),  # the external test set (workflow/rules/external.smk), if external_test is set
             export_outputs(),  # DICOM-SEG files below exports/ (workflow/rules/export.smk), if export.dicom_seg
             dicomweb_outputs(),  # receipts of the SEG files stored in the PACS (workflow/rules/dicomweb.smk), if export.dicomweb
+            # nodule tables and patches (workflow/rules/classification.smk), if classification.enabled
+            (f"{RESULTS}/nodules/nodules.tsv" if config["classification"]["enabled"] else []),
         ]
     )
+
+
+# ---- nodule tables and patches (workflow/rules/classification.smk) ----
+
+#: classification settings `lungseg nodule-patches --settings` reads
+NODULE_PATCH_KEYS = ("patch_mm", "patch_size", "benign_max", "malignant_min", "indeterminate")
+
+
+def nodule_patch_settings(wildcards):
+    """`lungseg nodule-patches --settings`: the patch size and label protocol of the classification section."""
+    return json.dumps({key: config["classification"][key] for key in NODULE_PATCH_KEYS}, sort_keys=True)
+
+
+def nodule_patient(wildcards):
+    return case_table()[wildcards.case]["patient_id"]
+
+
+@functools.lru_cache(maxsize=4)
+def _diagnosis_rows_at(path, mtime_ns):
+    """The discovered diagnosis table (keyed by patient pseudonym): patient_id -> row."""
+    import csv
+
+    with open(path, newline="") as f:
+        return {row["patient_id"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+def nodule_pathology(wildcards):
+    """The case's patient-level pathology (benign, malignant or empty) from its case-sheet column, else the
+    discovered diagnosis table; an unknown value stops the workflow with one line naming file, value and fix."""
+    from lungseg.classification.labels import case_pathology
+    from lungseg.ingest.errors import IngestError
+
+    diagnosis, diagnosis_path = None, "diagnosis table"
+    if config["source"] in ("discover", "dicomweb") and config["discover"].get("diagnosis_table"):
+        diagnosis_path = checkpoints.discover.get().output.diagnosis
+        diagnosis = _diagnosis_rows_at(diagnosis_path, os.stat(diagnosis_path).st_mtime_ns)
+        diagnosis_path = f"{diagnosis_path} (discover.diagnosis_table {config['discover']['diagnosis_table']})"
+    try:
+        return case_pathology(
+            case_table()[wildcards.case],
+            diagnosis,
+            column=config["classification"]["pathology_column"],
+            sheet=CASE_SHEET,
+            diagnosis_path=diagnosis_path,
+        )
+    except IngestError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def nodule_tables(wildcards):
+    """The nodule table of every case that passed ingest."""
+    return expand(f"{RESULTS}/nodules/{{case}}.nodules.tsv", case=good_cases())
 
 
 # ---- external test set (config external_test; its rules: workflow/rules/external.smk) ----

@@ -2,7 +2,6 @@
 # Each job gets its experiment's resolved settings as one file (`lungseg train --config`); it resumes
 # from its checkpoint, and `lungseg train-guard` turns SIGTERM/SIGUSR1 (time limit, preemption) into a
 # checkpoint + exit 75.
-from lungseg.cluster.launch import torchrun_prefix
 from lungseg.training.rule_args import write_train_settings
 
 
@@ -46,11 +45,10 @@ rule train:
     params:
         checkpoint_dir=checkpoint_dir,
         # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the
-        # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes)
-        launch=lambda wildcards, resources: torchrun_prefix(
-            resources.get("nodes", 1), EXPERIMENTS[wildcards.experiment]["nproc_per_node"]
-        ),
+        # first node) when the SLURM profile gives the job several nodes (cluster.train.nodes);
+        # `lungseg fl-run` (Flower server + a client per site) for train.mode flower
+        launch=train_launch,
     shell:
-        "lungseg train-guard -- {params.launch} -m lungseg train --config {input.settings:q}"
+        "lungseg train-guard -- {params.launch} --config {input.settings:q}"
         " --train {input.train:q} --val {input.val:q} --out-dir {params.checkpoint_dir:q}"
         " --model-out {output.model:q} --metrics-out {output.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -58,6 +58,17 @@ def demo_case_ids(n: int) -> list[str]:
     return [f"demo{i:03d}" for i in range(1, n + 1)]
 
 
+#: the demo's simulated hospitals, by case number: 3 : 2 : 1 cases (different sizes; same scanner model)
+DEMO_SITE_CYCLE = ("site_a", "site_b", "site_a", "site_c", "site_a", "site_b")
+
+
+def demo_site(case_id: str) -> str:
+    """The simulated hospital of a demo case (``demo001`` -> ``site_a``): sites of 3 : 2 : 1 cases, the
+    federated runs' partition (``train.mode: flower``). Only the sizes differ by site: the scan grids vary
+    per case, not per site."""
+    return DEMO_SITE_CYCLE[(int(case_id.removeprefix("demo")) - 1) % len(DEMO_SITE_CYCLE)]
+
+
 def _digest(*parts: object) -> int:
     """A stable 64-bit integer from ``parts`` (unlike ``hash()``, identical across processes)."""
     text = "\x1f".join(str(p) for p in parts)

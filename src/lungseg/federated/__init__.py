@@ -1,0 +1,8 @@
+"""Federated learning across sites on Flower: one client per site, a server that never sees an image.
+
+Modules: :mod:`~lungseg.federated.sites` (which case belongs to which site), :mod:`~lungseg.federated.security`
+(throwaway CA, server certificate, per-site tokens; the challenge-response check of a joining client),
+:mod:`~lungseg.federated.arrays` (state dict <-> Flower parameters, n_k-weighted averaging),
+:mod:`~lungseg.federated.client` (``lungseg fl-client``), :mod:`~lungseg.federated.server` (``lungseg fl-server``),
+:mod:`~lungseg.federated.local` (``lungseg fl-run``: server + one client per site as local processes).
+"""
