@@ -24,9 +24,9 @@ from lungseg.docs_reference import benchmarks_markdown  # noqa: E402
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 GPU_ONLY = {("correctness", "train_step_fp32"), ("correctness", "train_step_bf16"), ("correctness", "checkpoint_gpu_to_cpu"),
             ("correctness", "checkpoint_cpu_to_gpu"), ("correctness", "predict_gpu_vs_cpu"), ("ddp", "nccl_collectives"),
-            ("inference", "volume_gpu"), ("classifier", "resnet18")}
+            ("inference", "volume_gpu")}
 CPU_CHECKS = {("correctness", "checkpoint_cpu_to_cpu"), ("correctness", "predict_cli_cpu"), ("ddp", "lungseg_train_torchrun")}
-MEASURED = {("throughput", "unet_train"), ("inference", "volume_cpu_2_threads")}
+MEASURED = {("throughput", "unet_train"), ("inference", "volume_cpu_2_threads"), ("classifier", "resnet18")}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}  # the tests' interpreter
 
 
