@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lungseg.classification.dataset import NoduleDataset, augment_planes, transform_planes
+from lungseg.classification.dataset import NoduleDataset, augment_planes, table_of, transform_planes
 from lungseg.classification.models import Classifier, build_classifier
 from lungseg.classification.nodule_table import read_nodule_table, write_nodule_table
 from lungseg.classification.predict import load_classifiers, predict_probabilities
@@ -216,6 +216,15 @@ def test_train_classify_and_ensemble(cohort, tmp_path: Path) -> None:
     both = predict_probabilities([models[0], other], meta, hu)["image"]
     assert np.allclose(both, (one + two) / 2)
     assert np.allclose(one, [float(r["p_malignant"]) for r in pred], atol=1e-6)
+    # several cases in one call (tables beside their patch files): the cases' rows one after the other
+    many = tmp_path / "many.tsv"
+    assert main(["classify", "--model", str(model_path), str(model_path), "--patches", *map(str, val_files[:2]),
+                 "--out", str(many)]) == 0
+    rows = read_rows(many)
+    assert [r["case"] for r in rows] == [r["case"] for f in val_files[:2] for r in read_rows(table_of(f))]
+    assert rows[: len(pred)] == pred
+    assert main(["classify", "--model", str(model_path), "--patches", *map(str, val_files[:2]), "--table",
+                 str(table), "--out", str(many)]) != 0
 
 
 def test_two_task_soft_sharing_with_plateau_resumes_exactly(cohort, tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 """The LIDC-style demo archive through `source: discover` with no case sheet (config/lidc_demo.yaml, issue 14):
 discovery finds every series and its readers' XML in folders named with spaces, quotes and brackets, ingest
-builds the nodule label from the readers' consensus, and a nodule model trains, predicts and is evaluated."""
+builds the nodule label from the readers' consensus, and a nodule model trains, predicts and is evaluated;
+with config/classification.yaml (issue 16) two classifiers learn the readers' malignancy from the nodule
+patches through rule train, classify the test nodules, and get metrics, a paired comparison and a report page."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from test_workflow_experiments import smk
 
 from lungseg.cli import main
 from lungseg.demo.cohort import demo_identity
+from lungseg.split import read_split_table
 
 pytestmark = pytest.mark.slow
 SEED = 5
@@ -33,11 +36,18 @@ def archive_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("lidc archive")
     archive = workdir / "resources" / "lidc_demo_archive"
     argv = ["demo-cohort", "--layout", "lidc_archive", "--out", str(archive), "--n-cases", "6", "--seed", str(SEED),
-            "--slices", "24", "--size", "96", "--nodules-per-case", "1", "3", "--nodule-diameter-mm", "12", "30"]
+            "--slices", "24", "--size", "96", "--nodules-per-case", "2", "4", "--nodule-diameter-mm", "4", "20"]
     assert main(argv) == 0
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    _overlay(_overlay(config, REPO / "config/nodule.yaml"), REPO / "config/lidc_demo.yaml")
-    config["discover"]["root"] = str(archive)
+    for overlay in ("nodule", "lidc_demo", "classification"):
+        _overlay(config, REPO / f"config/{overlay}.yaml")
+    config["discover"].update(root=str(archive), diagnosis_table=str(archive / "tcia-diagnosis-data.csv"))
+    config["split"]["folds"] = 1
+    config["classification"]["train"].update(epochs=1, batch_size=8, image_size=32)
+    config["classification"]["patch_size"] = 32
+    config["classification"]["bootstrap_samples"] = 100
+    config["classification"]["experiments"] = {"reference": "resnet18", "resnet18": {},
+                                               "mobilenet_v2": {"arch": "mobilenet_v2"}}
     config["train"].update(epochs=1, base_channels=4, depth=2, batch_size=4, patch_size=32, patches_per_epoch=16)
     config["experiments"] = {"reference": "unet_2_5d", "unet": False, "dense_unet": False, "unet_2_5d": {}}
     config["evaluate"]["bootstrap_samples"] = 100
@@ -65,6 +75,28 @@ def test_a_nodule_model_is_trained_and_evaluated_without_a_sheet(archive_run) ->
     summary = json.loads((results / "metrics/summary.json").read_text())
     assert {"unet_2_5d", "classical_nodule", "all_background"} <= set(summary)
     assert "froc" in summary["unet_2_5d"]
+
+
+def test_classifiers_train_on_the_nodule_patches_and_are_compared(archive_run) -> None:
+    results = archive_run / config_results(archive_run)
+    with open(results / "nodules/nodules.tsv", newline="") as f:
+        nodules = list(csv.DictReader(f, delimiter="\t"))
+    assert nodules and {row["source"] for row in nodules} == {"lidc"}
+    for name in ("resnet18", "mobilenet_v2"):
+        settings = json.loads((results / f"experiments/{name}/train_settings.json").read_text())
+        assert settings["task"] == "classification" and settings["image_size"] == 32
+        assert (results / f"experiments/{name}/folds/0/model.pt").is_file()
+        with open(results / f"experiments/{name}/classification/test.tsv", newline="") as f:
+            test = list(csv.DictReader(f, delimiter="\t"))
+        split = {case: part for case, (part, _) in read_split_table(results / "split.tsv").items()}
+        assert {row["case"] for row in test} == {row["case"] for row in nodules if split[row["case"]] == "test"}
+        assert all(0.0 <= float(row["p_malignant"]) <= 1.0 for row in test)
+        summary = json.loads((results / f"experiments/{name}/classification/summary.json").read_text())
+        assert summary
+    comparison = json.loads((results / "classification/comparison.json").read_text())
+    assert "mobilenet_v2" in json.dumps(comparison)
+    page = (results / "report/classification.html").read_text()
+    assert "resnet18" in page and "mobilenet_v2" in page and str(archive_run) not in page
 
 
 def test_no_identity_of_the_archive_reaches_results_or_logs(archive_run) -> None:

@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "the reference nodules of a case: table (TSV, ratings, labels) + 2.5-D patches (HDF5)"),
     "nodule-table": ("lungseg.classification.nodule_table", "concatenate per-case nodule tables into one TSV"),
     "classify": ("lungseg.classification.predict", "malignancy probability of each nodule of a case (a model or fold ensemble)"),
+    "classification-metrics": ("lungseg.evaluation.classification_cli",
+                               "classification metrics per fold, pooled out-of-fold and on the test nodules (JSON)"),
+    "classification-compare": ("lungseg.evaluation.classification_compare",
+                               "paired AUC difference of classification experiments to a reference on the same test nodules"),
     "split": ("lungseg.split", "patient-level train/val/test split, reproducible by seed"),
     "train": ("lungseg.training.cli", "train a segmentation model or nodule classifier (run under torchrun for DDP)"),
     "train-guard": ("lungseg.training.guard", "run a training command; on SIGTERM/SIGUSR1 it checkpoints and exits 75 (requeue)"),
@@ -66,7 +70,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot-overlay": ("lungseg.report.overlay", "montage of axial slices: reference green, prediction red, agreement yellow"),
     "report": ("lungseg.report.cli",
                "report sections: cohort, metrics tables, distribution, worst/best cases, workflow, experiment comparison, "
-               "sweep table"),
+               "sweep table, classification"),
 }
 
 

@@ -44,7 +44,8 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> No
     Raises :class:`ConfigError` naming the key (as in the YAML, e.g. ``train.epochs``), the value
     and the allowed form. Defaults are filled into ``config`` only once it passes the schema. Last,
     the ``experiments`` section (:func:`lungseg.experiments.check_experiments`): names, overrides, and
-    each experiment's train settings against the schema and :data:`TRAIN_CHECKS`.
+    each experiment's train settings against the schema and :data:`TRAIN_CHECKS`; the same for the
+    classifiers of ``classification`` (:func:`lungseg.classification.experiments.check_classifiers`).
     """
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
@@ -57,10 +58,12 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> No
         problem = check(config)
         if problem:
             raise ConfigError(f"invalid config: {problem}")
+    from lungseg.classification.experiments import check_classifiers
     from lungseg.experiments import ExperimentError, check_experiments  # imports this module's checks
 
-    try:  # each experiment's train settings: the schema's train section and TRAIN_CHECKS
-        check_experiments(config, schema)
+    try:  # each experiment's (and classifier's) train settings: the schema's train section and TRAIN_CHECKS
+        segmentation = check_experiments(config, schema)
+        check_classifiers(config, schema, segmentation)
     except ExperimentError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
 

@@ -38,3 +38,117 @@ rule nodule_table:
         "../../envs/preprocess.yaml"
     shell:
         "lungseg nodule-table {output:q} {input:q} > {log:q} 2>&1"
+
+
+# Step 2 (docs/explanation/classification.md): the classifiers of classification.experiments train per fold through
+# rule train (workflow/rules/train.smk, on the cases' patch files); each fold's model classifies its validation
+# nodules (out of fold), the fold ensemble the test nodules; metrics per classifier, a paired comparison with the
+# reference classifier on the same test nodules, and a report page.
+
+
+rule classify_out_of_fold:
+    input:
+        model=f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/model.pt",
+        patches=lambda wildcards: [nodule_patch_file(c) for c in fold_split(wildcards.fold)[1]],
+        tables=lambda wildcards: [nodule_table_file(c) for c in fold_split(wildcards.fold)[1]],
+    output:
+        f"{RESULTS}/experiments/{{experiment}}/classification/folds/{{fold}}/validation.tsv",
+    log:
+        "logs/classify_out_of_fold/{experiment}/{fold}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classify_out_of_fold/{{experiment}}/{{fold}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: config["predict"]["threads"]
+    shell:
+        "lungseg classify --model {input.model:q} --patches {input.patches:q} --out {output:q} --threads {threads}"
+        " > {log:q} 2>&1"
+
+
+rule classify_test:
+    input:
+        models=fold_models,
+        patches=lambda wildcards: [nodule_patch_file(c) for c in cases_in("test")],
+        tables=lambda wildcards: [nodule_table_file(c) for c in cases_in("test")],
+    output:
+        f"{RESULTS}/experiments/{{experiment}}/classification/test.tsv",
+    log:
+        "logs/classify_test/{experiment}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classify_test/{{experiment}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: config["predict"]["threads"]
+    shell:
+        "lungseg classify --model {input.models:q} --patches {input.patches:q} --out {output:q} --threads {threads}"
+        " > {log:q} 2>&1"
+
+
+rule classification_metrics:
+    input:
+        out_of_fold=lambda wildcards: classifier_validation_predictions(wildcards.experiment),
+        test=f"{RESULTS}/experiments/{{experiment}}/classification/test.tsv",
+    output:
+        f"{RESULTS}/experiments/{{experiment}}/classification/summary.json",
+    log:
+        "logs/classification_metrics/{experiment}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classification_metrics/{{experiment}}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    params:
+        threshold=config["classification"]["threshold"],
+        samples=config["classification"]["bootstrap_samples"],
+    shell:
+        "lungseg classification-metrics --out-of-fold {input.out_of_fold:q} --test {input.test:q} --out {output:q}"
+        " --threshold {params.threshold} --samples {params.samples} > {log:q} 2>&1"
+
+
+rule classification_compare:
+    input:
+        summaries=[f"{RESULTS}/experiments/{name}/classification/summary.json" for name in CLASSIFIERS],
+        test=[f"{RESULTS}/experiments/{name}/classification/test.tsv" for name in CLASSIFIERS],
+    output:
+        f"{RESULTS}/classification/comparison.json",
+    log:
+        "logs/classification_compare/classification_compare.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classification_compare/classification_compare.tsv"
+    conda:
+        "../../envs/report.yaml"
+    params:
+        names=list(CLASSIFIERS),
+        reference=REFERENCE_CLASSIFIER,
+        samples=config["classification"]["bootstrap_samples"],
+    shell:
+        "lungseg classification-compare --summaries {input.summaries:q} --test-predictions {input.test:q}"
+        " --names {params.names:q} --reference {params.reference:q} --samples {params.samples}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule classification_page:
+    input:
+        summaries=[f"{RESULTS}/experiments/{name}/classification/summary.json" for name in CLASSIFIERS],
+        test=[f"{RESULTS}/experiments/{name}/classification/test.tsv" for name in CLASSIFIERS],
+        comparison=f"{RESULTS}/classification/comparison.json",
+        training=[f"{RESULTS}/experiments/{name}/folds/0/metrics.csv" for name in CLASSIFIERS],
+    output:
+        report(
+            f"{RESULTS}/report/classification.html",
+            caption="../report/classification.rst",
+            category="Evaluation",
+            subcategory="Nodule malignancy",
+            labels={"page": "classification"},
+        ),
+    log:
+        "logs/classification_page/classification_page.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classification_page/classification_page.tsv"
+    conda:
+        "../../envs/report.yaml"
+    params:
+        names=list(CLASSIFIERS),
+    shell:
+        "lungseg report classification --summaries {input.summaries:q} --comparison {input.comparison:q}"
+        " --test-predictions {input.test:q} --names {params.names:q} --training-metrics {input.training:q}"
+        " --training-names {params.names:q} --out {output:q} > {log:q} 2>&1"

@@ -5,6 +5,8 @@ import os
 import re
 import shlex
 import sys
+
+import yaml
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -14,6 +16,7 @@ from lungseg.demo.cohort import demo_case_ids, demo_dicom_names, demo_site
 from lungseg.ingest.fingerprint import folder_fingerprint
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.experiments import reference_experiment, resolve_experiments
+from lungseg.classification.experiments import reference_classifier, resolve_classifiers
 from lungseg.cluster.launch import torchrun_prefix
 from lungseg.lungmask.methods import baseline_name
 from lungseg.training.rule_args import checkpoint_key
@@ -46,6 +49,14 @@ LABEL = config["train"]["label"]
 EXPERIMENTS = resolve_experiments(config)
 #: the experiment the others are compared against
 REFERENCE = reference_experiment(config)
+#: classifier name -> its resolved train settings (config classification, if enabled; trained by the train rule too)
+CLASSIFIERS = resolve_classifiers(
+    config, yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
+)
+#: the classifier the others are compared against (None without classifiers)
+REFERENCE_CLASSIFIER = reference_classifier(config, CLASSIFIERS)
+#: every model the train rule makes (segmentation experiments and classifiers), name -> train settings
+TRAINED = {**EXPERIMENTS, **CLASSIFIERS}
 #: k-fold cross-validation: one model per fold and experiment (1: one train/val split)
 FOLDS = config["split"]["folds"]
 #: the classical nodule detector's name in the metrics (the nodule target's baseline)
@@ -54,7 +65,7 @@ NODULE_BASELINE = "classical_nodule"
 
 wildcard_constraints:
     case=r"[A-Za-z0-9_.-]+",
-    experiment="|".join(re.escape(name) for name in EXPERIMENTS),
+    experiment="|".join(re.escape(name) for name in TRAINED),
     fold=r"\d+",
 
 
@@ -238,6 +249,16 @@ def case_file(case):
     return f"{RESULTS}/ingest/{case}.h5"
 
 
+def nodule_patch_file(case):
+    return f"{RESULTS}/nodules/{case}.patches.h5"
+
+
+def training_files(wildcards, part):
+    """`lungseg train --train` (part 0) / `--val` (part 1) of one fold: case files, or a classifier's nodule patch files."""
+    cases = fold_split(wildcards.fold)[part]
+    return [(nodule_patch_file if wildcards.experiment in CLASSIFIERS else case_file)(c) for c in cases]
+
+
 def scan_inputs(source):
     """The inputs standing for a scan: a volume (with the .raw/.zraw of a .mhd), or the DICOM series folder
     itself (its mtime changes when a slice is added or removed; a changed slice reaches the job through
@@ -343,14 +364,14 @@ def probabilities_option(wildcards, input):
 
 def checkpoint_dir(wildcards):
     """The resumable checkpoints of one experiment's fold, keyed by its training settings (not threads)."""
-    key = checkpoint_key(EXPERIMENTS[wildcards.experiment])
+    key = checkpoint_key(TRAINED[wildcards.experiment])
     return f"{model_file(wildcards.experiment, wildcards.fold).rsplit('/', 1)[0]}/checkpoints/{key}"
 
 
 def train_launch(wildcards, resources):
     """The training program of an experiment's job: torchrun (srun torchrun on several nodes) + `lungseg train`,
     or with train.mode flower `lungseg fl-run`: a Flower server and one client per site of the case sheet."""
-    settings = EXPERIMENTS[wildcards.experiment]
+    settings = TRAINED[wildcards.experiment]
     if settings["mode"] != "flower":
         return torchrun_prefix(resources.get("nodes", 1), settings["nproc_per_node"]) + " -m lungseg train"
     fed = config["federated"]
@@ -358,6 +379,9 @@ def train_launch(wildcards, resources):
     options += [f"--round-timeout {fed['round_timeout']}"] if fed["round_timeout"] else []
     options += [f"--evaluate-every {fed['evaluate_every']}"] if fed["evaluate_every"] > 1 else []
     options += [f"--proximal-mu {fed['proximal_mu']}"] if fed["proximal_mu"] else []
+    options += (
+        ["--launcher slurm"] if fed["launcher"] == "slurm" else []
+    )  # client GPU jobs sized by the cluster section
     return " ".join(["lungseg fl-run --sites", shlex.quote(CASE_SHEET), *options])
 
 
@@ -458,8 +482,8 @@ def all_outputs(wildcards):
             external_outputs(),  # the external test set (workflow/rules/external.smk), if external_test is set
             export_outputs(),  # DICOM-SEG files below exports/ (workflow/rules/export.smk), if export.dicom_seg
             dicomweb_outputs(),  # receipts of the SEG files stored in the PACS (workflow/rules/dicomweb.smk), if export.dicomweb
-            # nodule tables and patches (workflow/rules/classification.smk), if classification.enabled
-            (f"{RESULTS}/nodules/nodules.tsv" if config["classification"]["enabled"] else []),
+            # nodule tables, patches and classifiers (workflow/rules/classification.smk), if classification.enabled
+            classification_outputs(),
         ]
     )
 
@@ -509,6 +533,34 @@ def nodule_pathology(wildcards):
         )
     except IngestError as exc:
         raise WorkflowError(str(exc)) from None
+
+
+def nodule_table_file(case):
+    return f"{RESULTS}/nodules/{case}.nodules.tsv"
+
+
+def classifier_validation_predictions(experiment):
+    """One classifier's out-of-fold predictions, fold by fold (fold i of k: the models of fold i on its validation cases)."""
+    return [f"{RESULTS}/experiments/{experiment}/classification/folds/{fold}/validation.tsv" for fold in range(FOLDS)]
+
+
+def classification_outputs():
+    """Nodule tables, the classifiers (models and training logs per fold), their predictions, metrics, the comparison
+    and the report page, if classification.enabled (workflow/rules/classification.smk)."""
+    if not config["classification"]["enabled"]:
+        return []
+    return [
+        f"{RESULTS}/nodules/nodules.tsv",
+        expand(
+            f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/{{name}}",
+            experiment=CLASSIFIERS,
+            fold=range(FOLDS),
+            name=["model.pt", "metrics.csv"],
+        ),
+        expand(f"{RESULTS}/experiments/{{experiment}}/classification/summary.json", experiment=CLASSIFIERS),
+        f"{RESULTS}/classification/comparison.json",
+        f"{RESULTS}/report/classification.html",
+    ]
 
 
 def nodule_tables(wildcards):

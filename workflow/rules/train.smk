@@ -15,7 +15,7 @@ rule train_settings:
     localrule: True
     params:
         # a params change of one experiment rewrites its file only: its jobs rerun, the others' do not
-        settings=lambda wildcards: EXPERIMENTS[wildcards.experiment],
+        settings=lambda wildcards: TRAINED[wildcards.experiment],
     run:
         write_train_settings(params.settings, output[0])
 
@@ -24,8 +24,9 @@ rule train:
     input:
         split=f"{RESULTS}/split.tsv",
         settings=f"{RESULTS}/experiments/{{experiment}}/train_settings.json",
-        train=lambda wildcards: [case_file(c) for c in fold_split(wildcards.fold)[0]],
-        val=lambda wildcards: [case_file(c) for c in fold_split(wildcards.fold)[1]],
+        # case files; a classifier's (classification.experiments): the cases' nodule patch files
+        train=lambda wildcards: training_files(wildcards, 0),
+        val=lambda wildcards: training_files(wildcards, 1),
     output:
         model=f"{RESULTS}/experiments/{{experiment}}/folds/{{fold}}/model.pt",
         metrics=report(
@@ -41,7 +42,7 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{experiment}}/{{fold}}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: lambda wildcards: EXPERIMENTS[wildcards.experiment]["threads"]
+    threads: lambda wildcards: TRAINED[wildcards.experiment]["threads"]
     params:
         checkpoint_dir=checkpoint_dir,
         # torchrun --standalone on one node; `lungseg launch` (srun torchrun, c10d rendezvous on the

@@ -1,8 +1,9 @@
-"""``lungseg classify``: the malignancy probability of every nodule of a case, from one model or the mean of
-several (the fold models of an experiment).
+"""``lungseg classify``: the malignancy probability of every nodule of one or more cases, from one model or the
+mean of several (the fold models of an experiment).
 
-Input: a case's nodule patch file and nodule table (``lungseg nodule-patches``); output: a TSV with one row
-per nodule (row i <-> patch i): ``case, patient, nodule, diameter_mm, at_edge, label, pathology`` copied from
+Input: each case's nodule patch file and the nodule table beside it (``lungseg nodule-patches``; ``--table``
+names another table for a single case); output: one TSV with one row per nodule, case after case (row i of a
+case <-> its patch i): ``case, patient, nodule, diameter_mm, at_edge, label, pathology`` copied from
 the table, then per head of the model(s) ``p_malignant`` (image head: the readers' malignancy) and / or
 ``p_pathology_malignant`` (pathology head), the probability of the class ``malignant`` averaged over the
 models, and ``models`` (how many were averaged). The patches get the preprocessing the models were trained
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from lungseg.atomic import write_text_atomic
-from lungseg.classification.dataset import model_input, read_case
+from lungseg.classification.dataset import model_input, read_case, table_of
 from lungseg.ingest.errors import IngestError
 
 #: output column of each head's malignancy probability
@@ -76,6 +78,12 @@ def classify_case(model_paths: Sequence[str | Path], patch_file: str | Path, tab
                   batch_size: int = 64) -> list[dict[str, str]]:
     """The prediction rows of one case (see the module docstring)."""
     models, meta = load_classifiers(model_paths)
+    return classify_with(models, meta, patch_file, table, batch_size)
+
+
+def classify_with(models: Sequence[nn.Module], meta: dict[str, Any], patch_file: str | Path, table: str | Path,
+                  batch_size: int = 64) -> list[dict[str, str]]:
+    """The prediction rows of one case with loaded classifiers (:func:`load_classifiers`)."""
     patches, rows = read_case(patch_file, table)
     probs = predict_probabilities(models, meta, patches, batch_size)
     out = []
@@ -109,8 +117,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", required=True, type=Path, metavar="MODEL.pt",
                         help="classification model file(s) of `lungseg train --task classification`; several: "
                              "the mean of their probabilities (fold ensemble)")
-    parser.add_argument("--patches", required=True, type=Path, metavar="CASE.patches.h5", help="the case's nodule patches")
-    parser.add_argument("--table", required=True, type=Path, metavar="CASE.nodules.tsv", help="the case's nodule table")
+    parser.add_argument("--patches", nargs="+", required=True, type=Path, metavar="CASE.patches.h5",
+                        help="the cases' nodule patch files; each one's table is the CASE.nodules.tsv beside it")
+    parser.add_argument("--table", type=Path, default=None, metavar="CASE.nodules.tsv",
+                        help="another nodule table for a single --patches file (default: the one beside it)")
     parser.add_argument("--out", required=True, type=Path, metavar="PREDICTIONS.tsv", help="per-nodule probabilities")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="patches per forward pass (default: 64)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
@@ -119,13 +129,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, meta = load_classifiers(args.model)
-    try:
-        rows = classify_case(args.model, args.patches, args.table, args.batch_size)
-    except IngestError:
-        raise
-    except (FileNotFoundError, ValueError) as exc:  # missing or mismatched patch file / table: one line
-        raise IngestError(args.patches, str(exc).splitlines()[0], "pass a case's <case>.patches.h5 and the "
-                          "<case>.nodules.tsv written with it by `lungseg nodule-patches`") from None
+    if args.table is not None and len(args.patches) != 1:
+        print(f"lungseg classify: error: --table names the table of a single case, but {len(args.patches)} --patches "
+              "files were given; leave --table out to read each table beside its patch file", file=sys.stderr)
+        return 2
+    models, meta = load_classifiers(args.model)
+    rows = []
+    for patch_file in args.patches:
+        try:
+            rows += classify_with(models, meta, patch_file, args.table or table_of(patch_file), args.batch_size)
+        except IngestError:
+            raise
+        except (FileNotFoundError, ValueError) as exc:  # missing or mismatched patch file / table: one line
+            raise IngestError(patch_file, str(exc).splitlines()[0], "pass a case's <case>.patches.h5 and the "
+                              "<case>.nodules.tsv written with it by `lungseg nodule-patches`") from None
     write_predictions(args.out, rows, list(meta["classification"]["heads"]))
     return 0

@@ -125,17 +125,120 @@ def reliability_bins(y_true: Sequence[int], prob: Sequence[float], n_bins: int =
 
 
 def classification_summary(y_true: Sequence[int], prob: Sequence[float], threshold: float = 0.5,
-                           samples: int = DEFAULT_SAMPLES, seed: int = 0, n_bins: int = 10) -> dict[str, Any]:
-    """All of the above for one set of binary predictions, JSON-ready (NaN -> None)."""
+                           samples: int = DEFAULT_SAMPLES, seed: int = 0, n_bins: int = 10,
+                           clusters: Sequence[object] | None = None) -> dict[str, Any]:
+    """All of the above for one set of binary predictions, JSON-ready (NaN -> None). With ``clusters`` (the
+    patient of each example) the AUC's CI resamples patients (:func:`roc_auc_cluster_ci`) and the summary says so
+    in ``auc_ci_resampling``."""
     y, p = _pairs(y_true, prob)
     pred = (p >= threshold).astype(np.int64)
     sens, spec = sensitivity_specificity(y, p, threshold)
-    ci = roc_auc_ci(y, p, samples, seed)
+    ci = roc_auc_ci(y, p, samples, seed) if clusters is None else roc_auc_cluster_ci(y, p, clusters, samples, seed)
     out = {"n": int(len(y)), "positives": int(y.sum()), "threshold": float(threshold),
            "accuracy": accuracy(y, pred), "balanced_accuracy": balanced_accuracy(y, pred, 2),
            "auc": roc_auc(y, p), "auc_ci95": list(ci) if ci else None, "sensitivity": sens, "specificity": spec,
            "brier": brier_score(y, p), "confusion_matrix": confusion_matrix(y, pred, 2).tolist(),
            "reliability": reliability_bins(y, p, n_bins)}
+    if clusters is not None:
+        out["auc_ci_resampling"] = "patients"
+    return _json_ready(out)
+
+
+def _cluster_draws(clusters: Sequence[object], samples: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Row indices of each cluster (in order of first appearance), each row's cluster, and ``samples`` draws of
+    as many clusters as there are, with replacement."""
+    labels = np.asarray([str(c) for c in clusters])
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    cluster_of_row = rank[inverse.reshape(-1)] if labels.size else np.zeros(0, np.int64)
+    members = [np.flatnonzero(cluster_of_row == k) for k in range(len(order))]
+    draws = np.random.default_rng(seed).integers(0, max(len(members), 1), size=(samples, len(members)))
+    return members, cluster_of_row, draws
+
+
+def cluster_resamples(clusters: Sequence[object], samples: int = DEFAULT_SAMPLES, seed: int = 0) -> list[np.ndarray]:
+    """``samples`` cluster-bootstrap resamples of the example indices: each draws as many clusters as there are,
+    with replacement, and takes all examples of every drawn cluster (a patient's nodules stay together)."""
+    members, _, draws = _cluster_draws(clusters, samples, seed)
+    return [np.concatenate([members[k] for k in row]) if row.size else np.zeros(0, np.int64) for row in draws]
+
+
+def _cluster_weights(clusters: Sequence[object], samples: int, seed: int) -> np.ndarray:
+    """(samples, n): how often each example occurs in each resample of :func:`cluster_resamples` (same draws)."""
+    members, cluster_of_row, draws = _cluster_draws(clusters, samples, seed)
+    counts = np.stack([np.bincount(row, minlength=len(members)) for row in draws]) if members else np.zeros((samples, 0))
+    return counts[:, cluster_of_row].astype(np.float64)
+
+
+#: above this many (positive, negative) pairs the resampled AUCs are computed one resample at a time
+_MAX_PAIRS = 4_000_000
+
+
+def _resampled_aucs(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The AUC of each resample given as example multiplicities (rows of ``weights``), equal to :func:`roc_auc`
+    of the resampled examples (pairs counted with their multiplicities, ties one half); NaN with one class."""
+    pos, neg = y == 1, y == 0
+    if pos.sum() * neg.sum() > _MAX_PAIRS:
+        return np.array([roc_auc(y[idx], p[idx]) for idx in (np.repeat(np.arange(len(y)), w.astype(np.int64))
+                                                              for w in weights)])
+    wins = (p[pos][:, None] > p[neg][None, :]) + 0.5 * (p[pos][:, None] == p[neg][None, :])
+    w_pos, w_neg = weights[:, pos], weights[:, neg]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.einsum("bi,ij,bj->b", w_pos, wins, w_neg) / (w_pos.sum(axis=1) * w_neg.sum(axis=1))
+
+
+def _check_clusters(clusters: Sequence[object], n: int) -> None:
+    if len(clusters) != n:
+        raise ValueError(f"clusters must name the cluster of each of the {n} examples, got {len(clusters)}")
+
+
+def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float] | None:
+    stats = stats[np.isfinite(stats)]
+    if not stats.size:
+        return None
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def roc_auc_cluster_ci(y_true: Sequence[int], prob: Sequence[float], clusters: Sequence[object],
+                       samples: int = DEFAULT_SAMPLES, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile CI of the ROC AUC by the cluster bootstrap (:func:`cluster_resamples`: patients resampled, their
+    nodules together); resamples with one class only are dropped; None for fewer than 2 clusters."""
+    y, p = _pairs(y_true, prob)
+    if len(set(map(str, clusters))) < 2:
+        return None
+    _check_clusters(clusters, len(y))
+    return _percentile_interval(_resampled_aucs(y, p, _cluster_weights(clusters, samples, seed)), level)
+
+
+def paired_auc_difference(y_true: Sequence[int], prob: Sequence[float], prob_reference: Sequence[float],
+                          clusters: Sequence[object], samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Any]:
+    """AUC(``prob``) - AUC(``prob_reference``) on the same examples, with a paired cluster-bootstrap CI (each
+    resample draws patients once and scores both predictions on it) and a two-sided bootstrap p-value
+    ``min(1, 2 * min(share of differences <= 0, share >= 0))`` over the resamples with both classes
+    (the share counts the observed difference too: never exactly 0). JSON-ready; undefined values None."""
+    y, p = _pairs(y_true, prob)
+    _, r = _pairs(y_true, prob_reference)
+    _check_clusters(clusters, len(y))
+    auc, auc_ref = roc_auc(y, p), roc_auc(y, r)
+    out: dict[str, Any] = {"n": int(len(y)), "positives": int(y.sum()), "patients": len(set(map(str, clusters))),
+                           "auc": auc, "auc_reference": auc_ref, "difference": auc - auc_ref, "ci95": None,
+                           "p_value": None, "resamples_used": 0, "level": level}
+    if not np.isfinite(out["difference"]) or out["patients"] < 2:
+        return _json_ready(out)
+    weights = _cluster_weights(clusters, samples, seed)
+    diffs = _resampled_aucs(y, p, weights) - _resampled_aucs(y, r, weights)
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size:
+        ci = _percentile_interval(diffs, level)
+        out["ci95"] = list(ci) if ci else None
+        below, above = (1 + np.sum(diffs <= 0)) / (diffs.size + 1), (1 + np.sum(diffs >= 0)) / (diffs.size + 1)
+        out["p_value"] = float(min(1.0, 2 * min(below, above)))
+        out["resamples_used"] = int(diffs.size)
     return _json_ready(out)
 
 

@@ -85,6 +85,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="an overlay to embed, e.g. unet/ext001=overlay.png (repeatable)")
     p.add_argument("-o", "--output", type=Path, required=True, help="HTML page to write")
 
+    p = sections.add_parser("classification", help="nodule classification (HTML): metrics per experiment, ROC curves, "
+                                                   "confusion matrices, calibration, paired comparison, test nodules, "
+                                                   "training time")
+    p.add_argument("--summaries", nargs="+", required=True, type=Path, metavar="SUMMARY.json",
+                   help="`lungseg classification-metrics` output per experiment")
+    p.add_argument("--test-predictions", nargs="+", required=True, type=Path, metavar="TEST.tsv",
+                   help="each experiment's test predictions (`lungseg classify`), in the order of --summaries")
+    p.add_argument("--names", nargs="+", required=True, metavar="NAME", help="experiment names, same order")
+    p.add_argument("--comparison", type=Path, metavar="COMPARISON.json",
+                   help="`lungseg classification-compare` output (optional with one experiment)")
+    p.add_argument("--training-metrics", nargs="*", default=[], type=Path, metavar="METRICS.csv",
+                   help="training runs' per-epoch metrics.csv (several per experiment: its folds)")
+    p.add_argument("--training-names", nargs="*", default=[], metavar="NAME",
+                   help="the experiment of each --training-metrics file, same order")
+    p.add_argument("--out", "-o", "--output", dest="output", type=Path, required=True, help="HTML page to write")
+
     p = sections.add_parser("workflow", help="configuration, software versions and run times (HTML pages)")
     p.add_argument("--config-json", required=True, help="the run's configuration as a JSON string")
     p.add_argument("--benchmarks", type=Path, required=True, help="folder of Snakemake benchmark files (<rule>/*.tsv)")
@@ -139,6 +155,21 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.output, external_html(load(args.internal), load(args.external), args.name,
                                                      args.reference, label=args.label, overlays=args.overlay,
                                                      external_csv=args.external_csv))
+    elif args.section == "classification":
+        from lungseg.ingest.errors import IngestError
+        from lungseg.report.classification import classification_html
+        from lungseg.report.classification import load as load_classification
+
+        try:
+            inputs = load_classification(args.summaries, args.test_predictions, args.names, args.comparison,
+                                         args.training_metrics, args.training_names)
+            page = classification_html(**inputs)
+        except IngestError:
+            raise
+        except ValueError as exc:  # unequal argument lists: one line
+            print(f"lungseg report classification: error: {exc}", file=sys.stderr)
+            return 2
+        write_text_atomic(args.output, page)
     elif args.section == "workflow":
         from lungseg.report.workflow_info import config_html, runtimes_html, versions_html
 
