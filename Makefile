@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
+# test processes (pytest-xdist): each test file runs whole in one of them (the module fixtures' workflow runs);
+# 2 keeps a 2-core CI machine busy while one process waits on a subprocess, SLURM or a PACS
+TEST_WORKERS ?= 2
 
 .PHONY: install demo report test lint dag clean-results
 
@@ -25,7 +28,7 @@ report: install
 	snakemake --report results/report.html
 
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # the lint gate (also run by the test suite, tests/test_lint.py): ruff on the Python code, snakefmt on
 # the rules, snakemake's own linter on the workflow
