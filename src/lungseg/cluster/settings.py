@@ -54,11 +54,21 @@ class ClusterSettings:
     jobs: JobSize
     gpus_per_node: int
     source: str = ""
+    #: experiments whose train job holds no GPU: train.mode flower with federated.launcher slurm (the job is
+    #: the Flower server; each site's client is a GPU job of its own)
+    cpu_train_experiments: tuple[str, ...] = ()
 
     @property
     def train_threads(self) -> int:
         """CPU cores of the training job on each node."""
         return self.train.cpus_per_gpu * self.gpus_per_node
+
+    def train_resource(self, gpu_value: Any, cpu_value: Any) -> Any:
+        """A ``train`` resource for the profiles: ``gpu_value``, or, with :attr:`cpu_train_experiments`, a
+        Python expression Snakemake evaluates per job that gives those experiments ``cpu_value``."""
+        if not self.cpu_train_experiments:
+            return gpu_value
+        return f"({cpu_value}) if wildcards.experiment in {self.cpu_train_experiments!r} else ({gpu_value})"
 
     @property
     def gpu_request(self) -> str:
@@ -134,7 +144,21 @@ def settings_from_config(config: dict[str, Any], source: str = "config") -> Clus
         if not names[key]:
             raise ClusterConfigError(f"{source}: cluster.{key} is empty; name a partition of your cluster (sinfo -s)")
     return ClusterSettings(**names, train=sizes["train"], jobs=sizes["jobs"], gpus_per_node=gpus,
-                           source=source)
+                           source=source, cpu_train_experiments=cpu_train_experiments(config))
+
+
+def cpu_train_experiments(config: dict[str, Any]) -> tuple[str, ...]:
+    """Experiments whose train job is a CPU job: ``mode: flower`` with ``federated.launcher: slurm``. An
+    experiments section the workflow would refuse gives none here (the workflow names the error)."""
+    if (config.get("federated") or {}).get("launcher", "local") != "slurm":
+        return ()
+    from lungseg.experiments import ExperimentError, resolve_experiments
+
+    try:
+        experiments = resolve_experiments(config)
+    except (ExperimentError, KeyError, TypeError):
+        return ()
+    return tuple(name for name, settings in experiments.items() if settings.get("mode") == "flower")
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import socket
 import sys
 import threading
@@ -341,9 +342,11 @@ def run_server(config: TrainConfig, out_dir: str | Path, tokens: Mapping[str, st
         address = free_address(address.rsplit(":", 1)[0])
     grpc_server = start_grpc_server(client_manager=manager, server_address=address,
                                     max_message_length=fl.common.GRPC_MAX_MESSAGE_LENGTH, certificates=certificates)
-    if address_file:  # what clients dial: this host's name when listening on all interfaces
+    if address_file:  # what clients dial: this node's name (in a SLURM job its node name) when listening on all interfaces
         host, port = address.rsplit(":", 1)
-        write_text_atomic(address_file, f"{socket.getfqdn() if host in ('0.0.0.0', '[::]') else host}:{port}\n")
+        if host in ("0.0.0.0", "[::]"):
+            host = os.environ.get("SLURMD_NODENAME") or socket.getfqdn()
+        write_text_atomic(address_file, f"{host}:{port}\n")
     log.info("Flower server on %s (TLS %s), rounds %d..%d, sites %s, at least %d per round", address,
              "on" if certificates else "OFF", strategy.done + 1, rounds, ", ".join(sites), min_clients)
     server = fl.server.Server(client_manager=manager, strategy=strategy)
