@@ -95,6 +95,13 @@ def test_classifiers_train_on_the_nodule_patches_and_are_compared(archive_run) -
         assert summary
     comparison = json.loads((results / "classification/comparison.json").read_text())
     assert "mobilenet_v2" in json.dumps(comparison)
+    # the nodule target: each test case diagnosed end to end and matched to its reference nodules
+    test_cases = sorted(case for case, (part, _) in read_split_table(results / "split.tsv").items() if part == "test")
+    evaluation = json.loads((results / "diagnosis/evaluation.json").read_text())
+    assert evaluation["cases"] == len(test_cases)
+    assert evaluation["reference_nodules"] == sum(split[row["case"]] == "test" for row in nodules)
+    for case in test_cases:
+        assert (results / f"diagnosis/{case}/overlay.png").is_file()
     page = (results / "report/classification.html").read_text()
     assert "resnet18" in page and "mobilenet_v2" in page and str(archive_run) not in page
 

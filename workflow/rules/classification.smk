@@ -152,3 +152,60 @@ rule classification_page:
         "lungseg report classification --summaries {input.summaries:q} --comparison {input.comparison:q}"
         " --test-predictions {input.test:q} --names {params.names:q} --training-metrics {input.training:q}"
         " --training-names {params.names:q} --out {output:q} > {log:q} 2>&1"
+
+
+# Step 3, for the nodule target (train.label nodule): every test case diagnosed end to end (the reference segmentation
+# experiment's fold models find the nodules, the reference classifier's fold models classify them), and the
+# diagnoses matched to the reference nodules (detection sensitivity, false positives, malignancy AUC on the hits).
+
+
+rule diagnose:
+    input:
+        case=f"{RESULTS}/ingest/{{case}}.h5",
+        seg=lambda wildcards: [model_file(REFERENCE, fold) for fold in range(FOLDS)],
+        cls=lambda wildcards: [model_file(REFERENCE_CLASSIFIER, fold) for fold in range(FOLDS)],
+    output:
+        table=f"{RESULTS}/diagnosis/{{case}}/nodules.tsv",
+        summary=f"{RESULTS}/diagnosis/{{case}}/nodules.json",
+        overlay=report(
+            f"{RESULTS}/diagnosis/{{case}}/overlay.png",
+            caption="../report/diagnosis.rst",
+            category="Evaluation",
+            subcategory="Nodule malignancy",
+            labels={"case": "{case}", "figure": "diagnosis"},
+        ),
+    log:
+        "logs/diagnose/{case}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/diagnose/{{case}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: config["predict"]["threads"]
+    params:
+        out_dir=lambda wildcards: f"{RESULTS}/diagnosis/{wildcards.case}",
+        patch_mm=config["classification"]["patch_mm"],
+        patch_size=config["classification"]["patch_size"],
+    shell:
+        "lungseg diagnose {input.case:q} --seg-model {input.seg:q} --cls-model {input.cls:q} --out-dir {params.out_dir:q}"
+        " --patch-mm {params.patch_mm} --patch-size {params.patch_size} --threads {threads} > {log:q} 2>&1"
+
+
+rule diagnosis_evaluation:
+    input:
+        diagnoses=lambda wildcards: [f"{RESULTS}/diagnosis/{c}/nodules.tsv" for c in cases_in("test")],
+        tables=lambda wildcards: [nodule_table_file(c) for c in cases_in("test")],
+    output:
+        summary=f"{RESULTS}/diagnosis/evaluation.json",
+        matches=f"{RESULTS}/diagnosis/matches.tsv",
+    log:
+        "logs/diagnosis_evaluation/diagnosis_evaluation.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/diagnosis_evaluation/diagnosis_evaluation.tsv"
+    conda:
+        "../../envs/report.yaml"
+    params:
+        threshold=config["classification"]["threshold"],
+        samples=config["classification"]["bootstrap_samples"],
+    shell:
+        "lungseg diagnosis-evaluate --diagnoses {input.diagnoses:q} --tables {input.tables:q} --out {output.summary:q}"
+        " --matches {output.matches:q} --threshold {params.threshold} --samples {params.samples} > {log:q} 2>&1"

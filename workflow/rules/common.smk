@@ -560,7 +560,14 @@ def classification_outputs():
         expand(f"{RESULTS}/experiments/{{experiment}}/classification/summary.json", experiment=CLASSIFIERS),
         f"{RESULTS}/classification/comparison.json",
         f"{RESULTS}/report/classification.html",
+        # the nodule target: each test case diagnosed end to end, matched to its reference nodules
+        ([f"{RESULTS}/diagnosis/evaluation.json"] if diagnoses_planned() else []),
     ]
+
+
+def diagnoses_planned():
+    """`lungseg diagnose` per test case: for the nodule target, with a reference classifier of the readers' malignancy."""
+    return LABEL == "nodule" and CLASSIFIERS[REFERENCE_CLASSIFIER]["cls_task"] != "pathology"
 
 
 def nodule_tables(wildcards):
