@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_training
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-class Bare:
-    """forward + backward + Adam step of the pipeline's classifier on random in-memory tensors."""
+class Bare(bench_training.Bare):
+    """forward + backward + Adam step of the pipeline's classifier on random in-memory tensors (the timing:
+    ``bench_training.Bare.images_per_s``)."""
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         torch.manual_seed(0)
@@ -71,16 +73,6 @@ class Bare:
             logits = self.model(self.x)["image"]
         F.cross_entropy(logits.float(), self.y).backward()
         self.optimizer.step()
-
-    def images_per_s(self, steps: int) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            self.step()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return steps * self.batch / (time.perf_counter() - t0)
 
 
 def data_ms_per_image(config: TrainConfig, files: list[Path]) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from lungseg.evaluation.bootstrap import DEFAULT_SAMPLES, bootstrap_ci
+from lungseg.evaluation.bootstrap import DEFAULT_SAMPLES, _interval, bootstrap_ci
 
 
 def _binary(y_true: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -194,15 +194,6 @@ def _check_clusters(clusters: Sequence[object], n: int) -> None:
         raise ValueError(f"clusters must name the cluster of each of the {n} examples, got {len(clusters)}")
 
 
-def _percentile_interval(stats: np.ndarray, level: float) -> tuple[float, float] | None:
-    stats = stats[np.isfinite(stats)]
-    if not stats.size:
-        return None
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(stats, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def roc_auc_cluster_ci(y_true: Sequence[int], prob: Sequence[float], clusters: Sequence[object],
                        samples: int = DEFAULT_SAMPLES, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
     """Percentile CI of the ROC AUC by the cluster bootstrap (:func:`cluster_resamples`: patients resampled, their
@@ -211,7 +202,7 @@ def roc_auc_cluster_ci(y_true: Sequence[int], prob: Sequence[float], clusters: S
     if len(set(map(str, clusters))) < 2:
         return None
     _check_clusters(clusters, len(y))
-    return _percentile_interval(_resampled_aucs(y, p, _cluster_weights(clusters, samples, seed)), level)
+    return _interval(_resampled_aucs(y, p, _cluster_weights(clusters, samples, seed)), level)
 
 
 def paired_auc_difference(y_true: Sequence[int], prob: Sequence[float], prob_reference: Sequence[float],
@@ -234,7 +225,7 @@ def paired_auc_difference(y_true: Sequence[int], prob: Sequence[float], prob_ref
     diffs = _resampled_aucs(y, p, weights) - _resampled_aucs(y, r, weights)
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size:
-        ci = _percentile_interval(diffs, level)
+        ci = _interval(diffs, level)
         out["ci95"] = list(ci) if ci else None
         below, above = (1 + np.sum(diffs <= 0)) / (diffs.size + 1), (1 + np.sum(diffs >= 0)) / (diffs.size + 1)
         out["p_value"] = float(min(1.0, 2 * min(below, above)))
