@@ -315,7 +315,8 @@ def test_workflow_config_checks_the_label_protocol():
     config = yaml.safe_load((repo / "config/config.yaml").read_text())
     check_config(config, repo / "workflow/schemas/config.schema.yaml")
     assert config["classification"] == {"enabled": False, "patch_mm": 50.0, "patch_size": 64, "benign_max": 2,
-                                        "malignant_min": 4, "indeterminate": "exclude", "pathology_column": None}
+                                        "malignant_min": 4, "indeterminate": "exclude", "pathology_column": None,
+                                        "train": {}, "threshold": 0.5, "bootstrap_samples": 2000}
     config = yaml.safe_load((repo / "config/config.yaml").read_text())
     config["classification"] = {"benign_max": 4, "malignant_min": 3}
     with pytest.raises(ConfigError, match="classification.benign_max = 4 is not below classification.malignant_min = 3"):
