@@ -5,9 +5,9 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 
 import yaml
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
