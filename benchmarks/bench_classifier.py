@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -36,14 +35,13 @@ import time
 from pathlib import Path
 
 import bench_training
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lungseg.classification.dataset import NoduleDataset
 from lungseg.classification.synthetic import write_synthetic_cases
 from lungseg.training.models import build_model
-from lungseg.training.train import TrainConfig, train
+from lungseg.training.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -113,16 +111,10 @@ def main() -> int:
         train_files = write_synthetic_cases(tmp / "train", args.cases, args.nodules, args.patch_size, seed=1)
         val_files = write_synthetic_cases(tmp / "val", 2, args.nodules, args.patch_size, seed=2, prefix="VAL")
         bare_model = Bare(config, device)
-        bare = [bare_model.images_per_s(args.bare_steps)]
-        train(config, train_files, val_files, tmp / "run",
-              on_epoch_end=lambda epoch, row: bare.append(bare_model.images_per_s(args.bare_steps)))
-        with open(tmp / "run" / "metrics.csv", newline="") as f:
-            epochs = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+        figures = bench_training.measure_interleaved(config, train_files, val_files, tmp / "run", bare_model,
+                                                     args.bare_steps)
         data_ms = data_ms_per_image(config, train_files)
-    bare_ms = 1e3 / max(bare)
-    ratios = [epochs[e] / ((bare[e] + bare[e + 1]) / 2) for e in range(1, len(epochs))]
-    ratio = float(np.median(ratios))
-    pipeline, bare_best = max(epochs[1:]), max(bare[1:])
+    bare_ms = 1e3 / max(figures["bare_images_per_s_blocks"])
     result = {
         "benchmark": "classifier training images/s: pipeline vs bare forward+backward+step",
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
@@ -132,22 +124,15 @@ def main() -> int:
         "config": {"arch": args.arch, "input": [3, args.patch_size, args.patch_size], "batch_size": args.batch_size,
                    "train_nodules": args.cases * args.nodules, "num_workers": args.num_workers, "augment": True,
                    "amp": "bf16" if device.type == "cuda" else "off"},
-        "pipeline_images_per_s_by_epoch": [round(v, 2) for v in epochs],
-        "bare_images_per_s_blocks": [round(v, 2) for v in bare],
-        "ratio_by_epoch": [round(v, 3) for v in ratios],
-        "pipeline_images_per_s_best": round(pipeline, 2),
-        "bare_images_per_s_best": round(bare_best, 2),
-        "ratio_pipeline_over_bare_median": round(ratio, 3),
+        **figures,
         "data_ms_per_image": round(data_ms, 3), "bare_ms_per_image": round(bare_ms, 3),
         "data_share": round(data_ms / (data_ms + bare_ms), 4),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"pipeline {pipeline:.1f} images/s (epochs {', '.join(f'{v:.1f}' for v in epochs)}), "
-          f"bare {bare_best:.1f} images/s (blocks {', '.join(f'{v:.1f}' for v in bare)}): "
-          f"ratio {ratio:.3f} (median of {', '.join(f'{v:.2f}' for v in ratios)}; goal >= 0.9); data {data_ms:.2f} ms "
-          f"vs bare step {bare_ms:.2f} ms per image -> {args.out}")
+    print(f"{bench_training.interleaved_line(figures)}; data {data_ms:.2f} ms vs bare step {bare_ms:.2f} ms per image "
+          f"-> {args.out}")
     return 0
 
 

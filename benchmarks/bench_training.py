@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +118,38 @@ class Bare:
         return steps * self.batch / (time.perf_counter() - t0)
 
 
+def measure_interleaved(config: TrainConfig, train_files: list, val_files: list, run_dir: Path, bare_model: Bare,
+                        bare_steps: int) -> dict[str, Any]:
+    """The pipeline (:func:`train`) with a bare block before the first epoch and after every epoch: per-epoch
+    images/s, the blocks, each epoch's ratio to the mean of the blocks around it (epoch 1 is warm-up), best
+    figures and the median ratio."""
+    bare = [bare_model.images_per_s(bare_steps)]
+    train(config, train_files, val_files, run_dir,
+          on_epoch_end=lambda epoch, row: bare.append(bare_model.images_per_s(bare_steps)))
+    with open(run_dir / "metrics.csv", newline="") as f:
+        epochs = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+    ratios = [epochs[e] / ((bare[e] + bare[e + 1]) / 2) for e in range(1, len(epochs))]
+    return {
+        "pipeline_images_per_s_by_epoch": [round(v, 2) for v in epochs],
+        "bare_images_per_s_blocks": [round(v, 2) for v in bare],
+        "ratio_by_epoch": [round(v, 3) for v in ratios],
+        "pipeline_images_per_s_best": round(max(epochs[1:]), 2),
+        "bare_images_per_s_best": round(max(bare[1:]), 2),
+        "ratio_pipeline_over_bare_median": round(float(np.median(ratios)), 3),
+    }
+
+
+def interleaved_line(figures: dict[str, Any]) -> str:
+    """One line of :func:`measure_interleaved`'s figures."""
+    def listed(key: str, fmt: str) -> str:
+        return ", ".join(format(v, fmt) for v in figures[key])
+
+    return (f"pipeline {figures['pipeline_images_per_s_best']:.1f} images/s (epochs "
+            f"{listed('pipeline_images_per_s_by_epoch', '.1f')}), bare {figures['bare_images_per_s_best']:.1f} images/s "
+            f"(blocks {listed('bare_images_per_s_blocks', '.1f')}): ratio {figures['ratio_pipeline_over_bare_median']:.3f} "
+            f"(median of {listed('ratio_by_epoch', '.2f')}; goal >= 0.9)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -148,15 +181,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cases = write_cases(tmp, args.cases + 1, args.slices, args.slice_size)
-        bare_model = Bare(config, device)
-        bare = [bare_model.images_per_s(args.bare_steps)]
-        train(config, cases[:-1], cases[-1:], tmp / "run",
-              on_epoch_end=lambda epoch, row: bare.append(bare_model.images_per_s(args.bare_steps)))
-        with open(tmp / "run" / "metrics.csv", newline="") as f:
-            epochs = [float(r["images_per_s"]) for r in csv.DictReader(f)]
-    ratios = [epochs[e] / ((bare[e] + bare[e + 1]) / 2) for e in range(1, len(epochs))]  # epoch 1 is warm-up
-    ratio = float(np.median(ratios))
-    pipeline, bare_best = max(epochs[1:]), max(bare[1:])
+        figures = measure_interleaved(config, cases[:-1], cases[-1:], tmp / "run", Bare(config, device), args.bare_steps)
     result = {
         "benchmark": "training images/s: pipeline vs bare forward+backward+step",
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
@@ -166,19 +191,12 @@ def main() -> int:
                    "train_slices": args.cases * args.slices, "num_workers": args.num_workers,
                    "amp": "bf16" if device.type == "cuda" else "off",
                    **({"input": config.input_spec(), "patches_per_epoch": args.patches_per_epoch} if args.patch_size else {})},
-        "pipeline_images_per_s_by_epoch": [round(v, 2) for v in epochs],
-        "bare_images_per_s_blocks": [round(v, 2) for v in bare],
-        "ratio_by_epoch": [round(v, 3) for v in ratios],
-        "pipeline_images_per_s_best": round(pipeline, 2),
-        "bare_images_per_s_best": round(bare_best, 2),
-        "ratio_pipeline_over_bare_median": round(ratio, 3),
+        **figures,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"pipeline {pipeline:.1f} images/s (epochs {', '.join(f'{v:.1f}' for v in epochs)}), "
-          f"bare {bare_best:.1f} images/s (blocks {', '.join(f'{v:.1f}' for v in bare)}): "
-          f"ratio {ratio:.3f} (median of {', '.join(f'{v:.2f}' for v in ratios)}; goal >= 0.9) -> {args.out}")
+    print(f"{interleaved_line(figures)} -> {args.out}")
     return 0
 
 
