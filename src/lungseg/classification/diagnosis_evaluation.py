@@ -16,7 +16,6 @@ import argparse
 import csv
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ def match_case(reference: Sequence[dict[str, Any]], detected: Sequence[dict[str,
 def evaluate(diagnoses: Sequence[str | Path], tables: Sequence[str | Path], threshold: float = 0.5,
              samples: int = 2000, seed: int = 0) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """The summary and the per-match rows of the cases (``diagnoses[i]`` and ``tables[i]`` are one case's)."""
-    from lungseg.evaluation.classification import classification_summary
+    from lungseg.evaluation.classification import classification_summary, json_ready
 
     if len(diagnoses) != len(tables):
         raise ValueError(f"{len(diagnoses)} diagnoses but {len(tables)} nodule tables; give one of each per case")
@@ -106,17 +105,7 @@ def evaluate(diagnoses: Sequence[str | Path], tables: Sequence[str | Path], thre
         summary["classification"] = None
         summary["note"] = (f"AUC undefined: the matched nodules with a benign or malignant label hold "
                            f"{'no' if not y else 'one'} class{'es' if not y else ''}")
-    return _finite(summary), matches
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json_ready(summary), matches
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -141,7 +141,7 @@ def classification_summary(y_true: Sequence[int], prob: Sequence[float], thresho
            "reliability": reliability_bins(y, p, n_bins)}
     if clusters is not None:
         out["auc_ci_resampling"] = "patients"
-    return _json_ready(out)
+    return json_ready(out)
 
 
 def _cluster_draws(clusters: Sequence[object], samples: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -220,7 +220,7 @@ def paired_auc_difference(y_true: Sequence[int], prob: Sequence[float], prob_ref
                            "auc": auc, "auc_reference": auc_ref, "difference": auc - auc_ref, "ci95": None,
                            "p_value": None, "resamples_used": 0, "level": level}
     if not np.isfinite(out["difference"]) or out["patients"] < 2:
-        return _json_ready(out)
+        return json_ready(out)
     weights = _cluster_weights(clusters, samples, seed)
     diffs = _resampled_aucs(y, p, weights) - _resampled_aucs(y, r, weights)
     diffs = diffs[np.isfinite(diffs)]
@@ -230,14 +230,15 @@ def paired_auc_difference(y_true: Sequence[int], prob: Sequence[float], prob_ref
         below, above = (1 + np.sum(diffs <= 0)) / (diffs.size + 1), (1 + np.sum(diffs >= 0)) / (diffs.size + 1)
         out["p_value"] = float(min(1.0, 2 * min(below, above)))
         out["resamples_used"] = int(diffs.size)
-    return _json_ready(out)
+    return json_ready(out)
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (in dicts and lists too) as None, for JSON."""
     if isinstance(value, float):
         return value if np.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
