@@ -48,10 +48,9 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def site_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """site_a: 2 training cases + 1 validation case; site_b: 1 + 1 (different n_k)."""
-    d = tmp_path_factory.mktemp("cases")
+def two_sites(d: Path) -> dict:
+    """site_a: 2 training cases + 1 validation case; site_b: 1 + 1 (different n_k); case files and a case sheet
+    with a site column (its DICOM paths under /secret/: none may reach a Flower message)."""
     layout = {"a1": (1, "site_a", "train"), "a2": (2, "site_a", "train"), "av": (91, "site_a", "val"),
               "b1": (3, "site_b", "train"), "bv": (92, "site_b", "val")}
     files = {name: make_case(d / f"{name}.h5", seed) for name, (seed, _, _) in layout.items()}
@@ -61,6 +60,11 @@ def site_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": d, "sheet": str(sheet), "files": files,
             "train": [files[n] for n, v in layout.items() if v[2] == "train"],
             "val": [files[n] for n, v in layout.items() if v[2] == "val"]}
+
+
+@pytest.fixture(scope="module")
+def site_data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return two_sites(tmp_path_factory.mktemp("cases"))
 
 
 class Run:

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from test_federated import two_sites as federated_sites
 from test_slurm_cluster import REQUIRED, cancel, cluster_test_config, sacct, slurm_unavailable
 from test_slurm_profiles import cluster_config, render_profile, resources, sbatch_line
-from test_training import make_case
 
 from lungseg.federated.security import read_token
 from lungseg.federated.slurm_clients import client_executor_options
@@ -44,19 +44,14 @@ def slurm() -> None:
 
 
 def two_sites(root: Path) -> dict:
-    """site_a: 2 training + 1 validation case; site_b: 1 + 1; the settings file and a cluster config."""
+    """The two sites of test_federated (site_a: 2 training + 1 validation case; site_b: 1 + 1), the settings file
+    and a cluster config."""
     root.mkdir(parents=True, exist_ok=True)
-    layout = {"a1": (1, "site_a", "train"), "a2": (2, "site_a", "train"), "av": (91, "site_a", "val"),
-              "b1": (3, "site_b", "train"), "bv": (92, "site_b", "val")}
-    files = {name: make_case(root / f"{name}.h5", seed) for name, (seed, _, _) in layout.items()}
-    sheet = root / "cases.tsv"
-    sheet.write_text("case_id\tpatient_id\tdicom\tsite\n" + "".join(
-        f"{name}\tp{name}\t/dicom/{name}\t{site}\n" for name, (_, site, _) in layout.items()))
+    data = federated_sites(root)
     settings = root / "settings.json"
     settings.write_text(json.dumps({k: v for k, v in SETTINGS.as_dict().items() if k not in ("device", "log_every")}))
-    return {"sheet": str(sheet), "settings": str(settings), "cluster": cluster_test_config(root / "wf", nproc=1),
-            "train": [files[n] for n, v in layout.items() if v[2] == "train"],
-            "val": [files[n] for n, v in layout.items() if v[2] == "val"]}
+    return {"sheet": data["sheet"], "settings": str(settings), "cluster": cluster_test_config(root / "wf", nproc=1),
+            "train": data["train"], "val": data["val"]}
 
 
 def fl_run(data: dict, out: Path, *extra: str, limit: int = 85) -> list[str]:
