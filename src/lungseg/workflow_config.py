@@ -38,8 +38,9 @@ class ConfigError(ValueError):
     """The workflow config breaks the schema or a cross-key rule; the message is one or two lines."""
 
 
-def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> None:
-    """Validate ``config`` (Draft 2020-12), fill in the schema's defaults, then run the cross-key checks.
+def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> dict[str, Any]:
+    """Validate ``config`` (Draft 2020-12), fill in the schema's defaults, then run the cross-key checks;
+    returns the loaded schema (the workflow resolves the classifiers' defaults from it).
 
     Raises :class:`ConfigError` naming the key (as in the YAML, e.g. ``train.epochs``), the value
     and the allowed form. Defaults are filled into ``config`` only once it passes the schema. Last,
@@ -66,6 +67,7 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> No
         check_classifiers(config, schema, segmentation)
     except ExperimentError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
+    return schema
 
 
 def _fill_defaults(validator: Any, properties: Mapping[str, Any], instance: Any,

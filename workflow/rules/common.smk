@@ -7,8 +7,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
-
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
@@ -27,7 +25,8 @@ min_version("8.10")
 
 
 try:  # schema, defaults and cross-key rules; a bad config stops here in one or two lines
-    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+    #: the config schema, loaded once (the classifiers' defaults below come from it)
+    CONFIG_SCHEMA = check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -50,9 +49,7 @@ EXPERIMENTS = resolve_experiments(config)
 #: the experiment the others are compared against
 REFERENCE = reference_experiment(config)
 #: classifier name -> its resolved train settings (config classification, if enabled; trained by the train rule too)
-CLASSIFIERS = resolve_classifiers(
-    config, yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
-)
+CLASSIFIERS = resolve_classifiers(config, CONFIG_SCHEMA)
 #: the classifier the others are compared against (None without classifiers)
 REFERENCE_CLASSIFIER = reference_classifier(config, CLASSIFIERS)
 #: every model the train rule makes (segmentation experiments and classifiers), name -> train settings
