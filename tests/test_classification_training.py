@@ -302,3 +302,17 @@ def test_classify_refuses_a_segmentation_model_and_a_missing_table(cohort, tmp_p
     err = capsys.readouterr().err
     assert "none.tsv" in err and "not found" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p.tsv").exists()
+
+
+def test_a_damaged_classifier_file_is_diagnosed_by_its_weights_not_as_an_unknown_architecture(cohort, tmp_path: Path):
+    from lungseg.inference.model import load_predictor
+    from lungseg.ingest.errors import IngestError
+    from lungseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(train(replace(TINY, epochs=1), *cohort, tmp_path / "run"))
+    name, weight = next((k, v) for k, v in state["state_dict"].items() if v.ndim == 4)
+    state["state_dict"][name] = torch.zeros(weight.shape[0] + 1, *weight.shape[1:])
+    save_checkpoint(tmp_path / "damaged.pt", state)
+    with pytest.raises(IngestError, match=f"weight '{name}' has shape") as err:
+        load_predictor(tmp_path / "damaged.pt")
+    assert "does not have" not in str(err.value)

@@ -11,7 +11,7 @@ from torch import nn
 
 from lungseg.ingest.errors import IngestError
 from lungseg.training.checkpoint import CHECKPOINT_FORMAT, MODEL_FORMAT, load_checkpoint, load_model
-from lungseg.training.models import MODELS, build_model
+from lungseg.training.models import ARCHITECTURES, build_model
 
 FIX = "pass the model.pt written by `lungseg train` (results/model/<label>/model.pt)"
 
@@ -36,8 +36,9 @@ def _diagnose(path: Path, exc: Exception) -> str:
         return "is a training checkpoint, not the model file written next to it"
     if state.get("format") != MODEL_FORMAT:
         return f"is not a lungseg model file (format={state.get('format')!r}, keys {sorted(state)[:5]})"
-    if state.get("arch") not in MODELS:
-        return f"was written for architecture {state.get('arch')!r}, which this lungseg does not have (it has {sorted(MODELS)})"
+    if state.get("arch") not in ARCHITECTURES:
+        return (f"was written for architecture {state.get('arch')!r}, which this lungseg does not have "
+                f"(it has {sorted(ARCHITECTURES)})")
     mismatch = _first_mismatch(state)
     return mismatch or _first_line(exc).replace(f"{path}: ", "", 1)
 
