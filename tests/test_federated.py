@@ -306,7 +306,7 @@ def test_fedprox_term_and_its_pull_towards_the_global_model(site_data, tmp_path)
     model = torch.nn.Linear(2, 1)
     anchor = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     expected = 0.5 * 3.0 * sum(float((p.detach() ** 2).sum()) for p in model.parameters())
-    assert float(proximal_term(anchor, 3.0)(model)) == pytest.approx(expected)
+    assert float(proximal_term(anchor, 3.0)(model).detach()) == pytest.approx(expected)
 
     table = read_site_table(site_data["sheet"])
     cases = site_cases(site_data["train"], table, "site_a"), site_cases(site_data["val"], table, "site_a")
