@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from lungseg.classification.dataset import NoduleDataset
 from lungseg.classification.synthetic import write_synthetic_cases
+from lungseg.training.allocator import keep_freed_memory
 from lungseg.training.models import build_model
 from lungseg.training.train import TrainConfig
 
@@ -103,6 +104,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda" if use_cuda else "cpu")
+    kept = device.type == "cpu" and keep_freed_memory()  # as train() does on CPU: both loops with the same allocator
     config = TrainConfig(task="classification", arch=args.arch, image_size=args.patch_size, batch_size=args.batch_size,
                          epochs=args.epochs, threads=args.threads, lr=1e-3, num_workers=args.num_workers,
                          device=device.type)
@@ -123,7 +125,7 @@ def main() -> int:
         "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
         "config": {"arch": args.arch, "input": [3, args.patch_size, args.patch_size], "batch_size": args.batch_size,
                    "train_nodules": args.cases * args.nodules, "num_workers": args.num_workers, "augment": True,
-                   "amp": "bf16" if device.type == "cuda" else "off"},
+                   "amp": "bf16" if device.type == "cuda" else "off", "keep_freed_memory": kept},
         **figures,
         "data_ms_per_image": round(data_ms, 3), "bare_ms_per_image": round(bare_ms, 3),
         "data_share": round(data_ms / (data_ms + bare_ms), 4),

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
+import lungseg.training.train as train_module
 from lungseg.casefile import CaseVolume, write_case
 from lungseg.geometry import Geometry
+from lungseg.training.allocator import keep_freed_memory
 from lungseg.training.losses import get_loss
 from lungseg.training.models import build_model
 from lungseg.training.train import TrainConfig, train
@@ -118,18 +120,60 @@ class Bare:
         return steps * self.batch / (time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def model_step_timer(shares: list[float]):
+    """Inside the pipeline's own epochs (CPU): per epoch, the seconds from the model's forward call to the end of
+    the optimiser step, summed over the steps, over the epoch's training loop seconds (data loading included).
+    The model step is the bare loop's work (forward, loss, backward, step), done on the same cores at the same
+    moment, so this share is the pipeline's efficiency free of the machine's drift between epochs. Appends one
+    share per epoch to ``shares``."""
+    original = train_module._run_epoch
+
+    def timed_epoch(ctx, *args, **kwargs):
+        started: list[float] = []
+        total = [0.0]
+        step = ctx.optimizer.step
+
+        def timed_step(*a, **k):
+            out = step(*a, **k)
+            if started:
+                total[0] += time.perf_counter() - started.pop()
+            return out
+
+        hook = ctx.model.register_forward_pre_hook(lambda module, inputs: started.append(time.perf_counter()))
+        ctx.optimizer.step = timed_step
+        t0 = time.perf_counter()
+        try:
+            return original(ctx, *args, **kwargs)
+        finally:
+            shares.append(total[0] / (time.perf_counter() - t0))
+            hook.remove()
+            del ctx.optimizer.step
+
+    train_module._run_epoch = timed_epoch
+    try:
+        yield shares
+    finally:
+        train_module._run_epoch = original
+
+
 def measure_interleaved(config: TrainConfig, train_files: list, val_files: list, run_dir: Path, bare_model: Bare,
                         bare_steps: int) -> dict[str, Any]:
     """The pipeline (:func:`train`) with a bare block before the first epoch and after every epoch: per-epoch
     images/s, the blocks, each epoch's ratio to the mean of the blocks around it (epoch 1 is warm-up), best
-    figures and the median ratio."""
+    figures and the median ratio. On CPU also the in-loop ratio (:func:`model_step_timer`): the share of each
+    epoch's training seconds spent in the model's step, whatever the machine's speed in that epoch."""
     bare = [bare_model.images_per_s(bare_steps)]
-    train(config, train_files, val_files, run_dir,
-          on_epoch_end=lambda epoch, row: bare.append(bare_model.images_per_s(bare_steps)))
+    shares: list[float] = []
+    timer = model_step_timer(shares) if not bare_model.cuda else contextlib.nullcontext()
+    with timer:  # on CUDA, host-side timing would measure kernel launches, not work: not timed there
+        train(config, train_files, val_files, run_dir,
+              on_epoch_end=lambda epoch, row: bare.append(bare_model.images_per_s(bare_steps)))
     with open(run_dir / "metrics.csv", newline="") as f:
-        epochs = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    epochs = [float(r["images_per_s"]) for r in rows]
     ratios = [epochs[e] / ((bare[e] + bare[e + 1]) / 2) for e in range(1, len(epochs))]
-    return {
+    figures = {
         "pipeline_images_per_s_by_epoch": [round(v, 2) for v in epochs],
         "bare_images_per_s_blocks": [round(v, 2) for v in bare],
         "ratio_by_epoch": [round(v, 3) for v in ratios],
@@ -137,6 +181,10 @@ def measure_interleaved(config: TrainConfig, train_files: list, val_files: list,
         "bare_images_per_s_best": round(max(bare[1:]), 2),
         "ratio_pipeline_over_bare_median": round(float(np.median(ratios)), 3),
     }
+    if shares:  # epoch 1 is warm-up here too
+        figures["in_loop_model_step_share_by_epoch"] = [round(v, 3) for v in shares[1:]]
+        figures["in_loop_ratio_median"] = round(float(np.median(shares[1:])), 3)
+    return figures
 
 
 def interleaved_line(figures: dict[str, Any]) -> str:
@@ -147,7 +195,9 @@ def interleaved_line(figures: dict[str, Any]) -> str:
     return (f"pipeline {figures['pipeline_images_per_s_best']:.1f} images/s (epochs "
             f"{listed('pipeline_images_per_s_by_epoch', '.1f')}), bare {figures['bare_images_per_s_best']:.1f} images/s "
             f"(blocks {listed('bare_images_per_s_blocks', '.1f')}): ratio {figures['ratio_pipeline_over_bare_median']:.3f} "
-            f"(median of {listed('ratio_by_epoch', '.2f')}; goal >= 0.9)")
+            f"(median of {listed('ratio_by_epoch', '.2f')}; goal >= 0.9)"
+            + (f"; in-loop model-step share {figures['in_loop_ratio_median']:.3f} (median of "
+               f"{listed('in_loop_model_step_share_by_epoch', '.2f')})" if "in_loop_ratio_median" in figures else ""))
 
 
 def main() -> int:
@@ -173,6 +223,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kept = device.type == "cpu" and keep_freed_memory()  # as train() does on CPU: both loops with the same allocator
     config = TrainConfig(arch=args.arch, base_channels=args.base_channels, depth=args.depth, image_size=args.image_size,
                          batch_size=args.batch_size, epochs=args.epochs, threads=args.threads, lr=1e-3,
                          num_workers=args.num_workers, patch_size=args.patch_size, context_slices=args.context_slices,
@@ -189,7 +240,7 @@ def main() -> int:
         "config": {"arch": args.arch, "base_channels": args.base_channels, "depth": args.depth,
                    "image_size": args.image_size, "batch_size": args.batch_size, "slice_size": args.slice_size,
                    "train_slices": args.cases * args.slices, "num_workers": args.num_workers,
-                   "amp": "bf16" if device.type == "cuda" else "off",
+                   "amp": "bf16" if device.type == "cuda" else "off", "keep_freed_memory": kept,
                    **({"input": config.input_spec(), "patches_per_epoch": args.patches_per_epoch} if args.patch_size else {})},
         **figures,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

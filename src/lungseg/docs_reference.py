@@ -602,15 +602,25 @@ def _bench_training(data: dict) -> list[str]:
     c = data.get("config", {})
     setup = ", ".join(f"{k} {v}" for k, v in c.items())
     ratios = data.get("ratio_by_epoch", [])  # epochs after the first (the first is warm-up)
-    rows = [[str(e + 1), _num(v, 3), _num(ratios[e - 1], 3) if 1 <= e <= len(ratios) else "(warm-up)"]
+    shares = data.get("in_loop_model_step_share_by_epoch", [])  # likewise; CPU runs only
+
+    def after_warmup(values: list, e: int) -> str:
+        return _num(values[e - 1], 3) if 1 <= e <= len(values) else "(warm-up)"
+
+    header = ["epoch", "pipeline images/s", "pipeline / bare (mean of the bare blocks around the epoch)"]
+    rows = [[str(e + 1), _num(v, 3), after_warmup(ratios, e)] + ([after_warmup(shares, e)] if shares else [])
             for e, v in enumerate(data.get("pipeline_images_per_s_by_epoch", []))]
+    in_loop = (f" In-loop: the model's own step (forward to optimiser step, timed inside the pipeline's epochs) took "
+               f"**{_num(data.get('in_loop_ratio_median'))}** of the epochs' training time (median), a figure the "
+               "machine's drift between epochs does not move." if shares else "")
     return [f"{data.get('device', '')}, {data.get('threads')} thread(s), torch {data.get('torch')}; {setup}.", "",
-            _table(["epoch", "pipeline images/s", "pipeline / bare (mean of the bare blocks around the epoch)"], rows),
+            _table(header + (["model step / epoch time (in-loop)"] if shares else []), rows),
             f"Best pipeline epoch {_num(data.get('pipeline_images_per_s_best'))} images/s, best bare block "
             f"{_num(data.get('bare_images_per_s_best'))} images/s (blocks: "
             f"{', '.join(_num(b) for b in data.get('bare_images_per_s_blocks', []))}); median ratio pipeline / bare "
             f"**{_num(data.get('ratio_pipeline_over_bare_median'))}** (goal ≥ 0.9). On a shared machine single "
-            "blocks swing by a factor of 2-4 with the load, so one short run gives the order of magnitude only.", ""]
+            "blocks swing by a factor of 2-4 with the load, so one short run gives the order of magnitude only."
+            + in_loop, ""]
 
 
 def _bench_inference(data: dict) -> list[str]:

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from lungseg.atomic import atomic_path
+from lungseg.training.allocator import keep_freed_memory
 from lungseg.training.checkpoint import CHECKPOINT_FORMAT, cpu_state_dict, load_checkpoint, model_file_state, save_checkpoint
 from lungseg.training.config import RESUME_KEYS, TrainConfig
 from lungseg.training.dataset import item_seed
@@ -291,6 +292,8 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
             log.warning("--threads %d is fewer than the %d processes on this node: one thread each (the cores are "
                         "oversubscribed, so times are not a measurement)", config.threads, env.local_world_size)
         torch.set_num_threads(max(1, config.threads // env.local_world_size))
+    if device.type == "cpu":
+        keep_freed_memory()  # no mmap / page faults per step: about 1.5x faster on 2 cores (training/allocator.py)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
