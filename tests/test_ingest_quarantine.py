@@ -279,3 +279,17 @@ def test_empty_nodule_mask_is_a_negative_case(demo, tmp_path):
         == 0
     )
     assert not np.any(read_case(tmp_path / "c1.h5").labels["nodule"])
+
+
+def test_ok_status_carries_the_readers_median_malignancy_of_lidc_nodules() -> None:
+    from lungseg.casefile import CaseVolume
+    from lungseg.geometry import Geometry
+    from lungseg.ingest.quarantine import ok_status
+
+    geometry = Geometry((1.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image = np.zeros((2, 4, 4), np.int16)
+    table = [{"nodule": 1, "malignancy": [4, 5], "malignancy_median": 4.5},
+             {"nodule": 2, "malignancy": [None], "malignancy_median": None}]
+    rated = CaseVolume("c1", image, geometry, annotation_attrs={"lidc_nodules": json.dumps(table)})
+    assert ok_status(rated, 1.0)["malignancy_medians"] == [4.5, None]
+    assert "malignancy_medians" not in ok_status(CaseVolume("c2", image, geometry), 1.0)  # no reader XML

@@ -270,3 +270,59 @@ def test_stratified_split_gives_val_and_test_a_positive_patient_even_when_positi
     # with 3 positives among 20 a plain split leaves val without one for some seeds
     plain = [assign_splits(cases, [0.6, 0.15, 0.25], seed=s) for s in range(30)]
     assert any(not any(c < "c03" for c, part in p.items() if part == "val") for p in plain)
+
+
+# ---------------------------------------------------------------- stratified by malignancy (classifiers' folds)
+
+def test_malignant_patients_are_dealt_to_every_fold_and_take_their_highest_level():
+    # 40 patients: 5 with a malignant nodule, 15 with benign ones only, 20 without nodules
+    level = {f"p{i:02d}": 2 if i % 8 == 3 else 1 if i % 2 == 0 else 0 for i in range(40)}
+    strata = {c: level[COHORT[c]] for c in COHORT}
+    strata["c003"] = 0  # p03 has a malignant nodule in another case (c043, c083): the patient counts malignant
+    for seed in range(20):
+        table = assign_folds(COHORT, [0.8, 0.1, 0.1], seed=seed, folds=4, strata=strata)
+        malignant = [{COHORT[c] for c in out_of_fold_cases(table, k) if level[COHORT[c]] == 2} for k in range(4)]
+        assert all(malignant), (seed, malignant)  # 5 malignant patients, at most 1 held out: one per fold
+        assert table["c003"] == table["c043"]
+    binary = {c: v > 0 for c, v in strata.items()}  # by nodule presence only: some fold may get no malignant one
+    tables = [assign_folds(COHORT, [0.8, 0.1, 0.1], seed=s, folds=4, strata=binary) for s in range(20)]
+    assert any(not all(any(level[COHORT[c]] == 2 for c in out_of_fold_cases(t, k)) for k in range(4)) for t in tables)
+
+
+def _rated_status(tmp_path, case, nodule, medians):
+    import json
+
+    path = tmp_path / f"{case}.status.json"
+    status = {"case_id": case, "status": "ok", "labels": {"nodule": nodule}}
+    if medians is not None:
+        status["malignancy_medians"] = medians
+    path.write_text(json.dumps(status))
+    return str(path)
+
+
+def test_malignancy_strata_from_ingest_status(tmp_path):
+    from lungseg.split import malignancy_strata
+
+    files = [_rated_status(tmp_path, "m", 9, [2.0, 4.0]), _rated_status(tmp_path, "b", 9, [3.5, None]),
+             _rated_status(tmp_path, "n", 0, []), _rated_status(tmp_path, "u", 9, None),
+             _rated_status(tmp_path, "edge", 9, [3.0]), _status(tmp_path, "q", "quarantined")]
+    assert malignancy_strata(files, "nodule", 4) == {"m": 2, "b": 1, "n": 0, "u": 1, "edge": 1, "q": None}
+    assert malignancy_strata(files, "nodule", 3)["edge"] == 2
+
+
+def test_cli_stratify_malignancy(tmp_path, capsys):
+    from lungseg.cli import main
+
+    sheet = _sheet(tmp_path, n=16)  # 8 patients, 2 cases each
+    statuses = [_rated_status(tmp_path, f"c{i}", 5 if i < 10 else 0, [4.5] if i in (0, 2, 4) else [2.0])
+                for i in range(16)]
+    out = tmp_path / "split.tsv"
+    args = ["split", "--cases", str(sheet), "--status", *statuses, "--folds", "2", "-o", str(out)]
+    assert main([*args, "--stratify-label", "nodule", "--stratify-malignancy", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 case(s) with a malignant nodule" in printed and "cases with a malignant nodule per fold: [" in printed
+    table = read_split_table(out)
+    malignant_folds = {table[f"c{i}"] for i in (0, 2, 4) if table[f"c{i}"][0] == "train"}
+    assert {fold for _, fold in malignant_folds} == {0, 1}  # patients p0, p1, p2: both folds get one
+    with pytest.raises(SystemExit, match="--stratify-malignancy needs --stratify-label"):
+        main([*args, "--stratify-malignancy", "4"])

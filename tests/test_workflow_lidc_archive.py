@@ -67,6 +67,16 @@ def test_discovery_attaches_every_series_xml_and_ingest_builds_the_consensus(arc
         with h5py.File(results / "ingest" / f"{row['case_id']}.h5", "r") as f:
             assert f["labels/nodule"][()].any(), row["case_id"]
             assert "lidc_readers" in f["annotations"]
+        status = json.loads((results / "ingest" / f"{row['case_id']}.status.json").read_text())
+        assert len(status["malignancy_medians"]) == len(json.loads(lidc_nodule_table_json(results, row["case_id"])))
+    split_log = (archive_run / "logs/split/split.log").read_text()  # the classifiers' strata reach the split
+    assert "by malignancy (median rating >= 4)" in split_log, split_log
+
+
+def lidc_nodule_table_json(results: Path, case: str) -> str:
+    """The case file's LIDC nodule table (JSON)."""
+    with h5py.File(results / "ingest" / f"{case}.h5", "r") as f:
+        return f["annotations"].attrs["lidc_nodules"]
 
 
 def test_a_nodule_model_is_trained_and_evaluated_without_a_sheet(archive_run) -> None:

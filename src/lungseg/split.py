@@ -12,11 +12,14 @@ unused: each fold validates on its own patients.
 
 Stratification (``split.stratify``): given each case's stratum (``True``: the case has the training
 target label, ``False``: it has not, ``None``: unknown), a patient is positive when any of its cases
-is, else unknown when any is unknown, else negative. The test cut (and with one fold the val cut)
-then takes each stratum in proportion, and each stratum's patients are dealt round-robin across the
-folds, so every fold gets a positive patient when there are at least K positive non-test patients;
-with one fold, val and test each get a positive patient when training would keep two or more (a swap
-with the last positive training patient where proportions alone left them none).
+is, else unknown when any is unknown, else negative. Strata may also be graded levels (0 = negative,
+1 = has the label, 2 = has a nodule its readers rate malignant: ``--stratify-malignancy``); a patient
+then takes the highest level of its cases, and each level is dealt on its own, the highest first.
+The test cut (and with one fold the val cut) then takes each stratum in proportion, and each
+stratum's patients are dealt round-robin across the folds, so every fold gets a positive patient
+when there are at least K positive non-test patients; with one fold, val and test each get a
+positive patient when training would keep two or more (a swap with the last positive training
+patient where proportions alone left them none).
 With a single stratum (e.g. every case has a lung mask) the result is the unstratified one.
 
 ``split.tsv`` columns: ``case_id``, ``patient_id``, ``split`` and ``fold`` (0..K-1 for the non-test
@@ -38,8 +41,11 @@ from lungseg.atomic import write_text_atomic
 from lungseg.cases import CaseSheetError, quarantined_cases, read_case_sheet
 
 SPLITS = ("train", "val", "test")
-#: patient strata in the order their patients are dealt to the folds
-_POSITIVE, _NEGATIVE, _UNKNOWN = 0, 1, 2
+#: a patient's stratum: minus its level (so that higher levels sort, and are dealt, first), or _UNKNOWN
+_NEGATIVE, _UNKNOWN = 0, 99
+
+#: case -> stratum: False / True (has the label) or a graded level 0, 1, 2...; None = unknown
+CaseStrata = Mapping[str, bool | int | None]
 
 #: case -> split ("train", "val", "test") and fold (None without k-fold, and for test cases)
 SplitTable = Mapping[str, tuple[str, int | None]]
@@ -84,13 +90,14 @@ def _ranked_patients(case_patients: Mapping[str, str], seed: int) -> list[str]:
     return [patients[i] for i in order]
 
 
-def _patient_strata(case_patients: Mapping[str, str], strata: Mapping[str, bool | None]) -> dict[str, int]:
-    """Patient -> stratum: positive if any case has the label, else unknown if any case is unknown."""
+def _patient_strata(case_patients: Mapping[str, str], strata: CaseStrata) -> dict[str, int]:
+    """Patient -> stratum: its highest positive level if any case has one, else unknown if any case is
+    unknown, else negative."""
     seen: dict[str, set[int]] = {}
     for case, patient in case_patients.items():
         value = strata.get(case)
-        seen.setdefault(patient, set()).add(_UNKNOWN if value is None else _POSITIVE if value else _NEGATIVE)
-    return {patient: _POSITIVE if _POSITIVE in kinds else _UNKNOWN if _UNKNOWN in kinds else _NEGATIVE
+        seen.setdefault(patient, set()).add(_UNKNOWN if value is None else -int(value))
+    return {patient: min(kinds) if min(kinds) < _NEGATIVE else _UNKNOWN if _UNKNOWN in kinds else _NEGATIVE
             for patient, kinds in seen.items()}
 
 
@@ -106,7 +113,7 @@ def _interleaved(ranked: Sequence[str], patient_strata: Mapping[str, int]) -> li
 
 
 def assign_splits(case_patients: Mapping[str, str], fractions: Sequence[float], seed: int,
-                  strata: Mapping[str, bool | None] | None = None) -> dict[str, str]:
+                  strata: CaseStrata | None = None) -> dict[str, str]:
     """Map each case ID to 'train', 'val' or 'test', grouping cases by patient.
 
     ``strata`` (case -> has the target label, None = unknown; missing cases are unknown) makes the val
@@ -130,14 +137,14 @@ def _give_each_split_a_positive(patient_split: dict[str, str], order: Sequence[s
     then validated and tested on scans with the target (few nodule cases, small cohorts)."""
     for split in ("val", "test"):
         members = [p for p in order if patient_split[p] == split]
-        donors = [p for p in order if patient_split[p] == "train" and strata[p] == _POSITIVE]
-        if not members or any(strata[p] == _POSITIVE for p in members) or len(donors) < 2:
+        donors = [p for p in order if patient_split[p] == "train" and strata[p] < _NEGATIVE]
+        if not members or any(strata[p] < _NEGATIVE for p in members) or len(donors) < 2:
             continue
         patient_split[donors[-1]], patient_split[members[-1]] = split, "train"
 
 
 def assign_folds(case_patients: Mapping[str, str], fractions: Sequence[float], seed: int, folds: int = 1,
-                 strata: Mapping[str, bool | None] | None = None) -> dict[str, tuple[str, int | None]]:
+                 strata: CaseStrata | None = None) -> dict[str, tuple[str, int | None]]:
     """Map each case ID to (split, fold). ``folds == 1``: :func:`assign_splits` with no folds.
     ``folds = K > 1``: test as with one fold; every other case ('train', fold 0..K-1), patient-grouped,
     seeded, fold sizes within one patient, each stratum dealt round-robin across the folds."""
@@ -223,6 +230,20 @@ def label_strata(status_files: Iterable[str | Path], label: str) -> dict[str, bo
     return strata
 
 
+def malignancy_strata(status_files: Iterable[str | Path], label: str, malignant_min: float) -> dict[str, int | None]:
+    """case -> graded stratum: 2 when one of its nodules has a readers' median malignancy rating >=
+    ``malignant_min`` (``malignancy_medians`` of its ingest status: LIDC reader XML), else 1 when it has
+    label ``label``, else 0; None when unknown (as :func:`label_strata`)."""
+    strata: dict[str, int | None] = {}
+    for path in status_files:
+        status = json.loads(Path(path).read_text())
+        has_label = label_strata([path], label)[str(status["case_id"])]
+        medians = [m for m in status.get("malignancy_medians") or [] if m is not None]
+        malignant = status.get("status") == "ok" and any(m >= malignant_min for m in medians)
+        strata[str(status["case_id"])] = 2 if malignant else None if has_label is None else int(has_label)
+    return strata
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=Path, required=True, help="case sheet (TSV with case_id, patient_id, ...)")
     parser.add_argument("--status", type=Path, nargs="*", default=[],
@@ -235,6 +256,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stratify-label", metavar="NAME", default=None,
                         help="stratify the test cut and the folds by whether a case has label NAME "
                              "(labels[NAME] > 0 in its --status file; no status: unknown stratum)")
+    parser.add_argument("--stratify-malignancy", metavar="MIN", type=float, default=None,
+                        help="with --stratify-label: also keep apart the cases with a nodule whose readers' median "
+                             "malignancy rating (LIDC reader XML, in --status) is >= MIN, so that every fold gets "
+                             "malignant nodules (the classifiers' cross-validation)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="TSV file: case_id, patient_id, split, fold")
 
 
@@ -251,7 +276,11 @@ def run(args: argparse.Namespace) -> int:
         check_folds(len(set(case_patients.values())), args.fractions, args.folds)
     except ValueError as exc:
         raise CaseSheetError(str(exc)) from None
-    strata = label_strata(args.status, args.stratify_label) if args.stratify_label else None
+    if args.stratify_malignancy is not None and not args.stratify_label:
+        raise SystemExit("lungseg split: error: --stratify-malignancy needs --stratify-label (the nodule label)")
+    strata = (malignancy_strata(args.status, args.stratify_label, args.stratify_malignancy)
+              if args.stratify_malignancy is not None else
+              label_strata(args.status, args.stratify_label) if args.stratify_label else None)
     table = assign_folds(case_patients, args.fractions, args.seed, args.folds, strata)
     splits = {case: split for case, (split, _) in table.items()}
     write_split(args.output, case_patients, splits, {case: fold for case, (_, fold) in table.items()})
@@ -263,4 +292,11 @@ def run(args: argparse.Namespace) -> int:
     if strata is not None:
         positive = sorted(c for c in splits if strata.get(c))
         print(f"stratified by label {args.stratify_label}: {len(positive)} of {len(splits)} cases have it")
+        if args.stratify_malignancy is not None:
+            rated = sorted(c for c in splits if strata.get(c) == 2)
+            print(f"and by malignancy (median rating >= {args.stratify_malignancy:g}): {len(rated)} case(s) with a "
+                  "malignant nodule")
+            if args.folds > 1:
+                per_fold = [sum(strata.get(c) == 2 and f == k for c, (_, f) in table.items()) for k in range(args.folds)]
+                print(f"cases with a malignant nodule per fold: {per_fold}")
     return 0

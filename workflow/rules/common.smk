@@ -485,6 +485,16 @@ def all_outputs(wildcards):
     )
 
 
+def split_strata_args():
+    """`lungseg split` stratification: the folds (and the val/test cut) balanced for cases with and without the
+    target label (e.g. nodules) and, with classification.enabled, for cases with a nodule their readers rate
+    malignant (LIDC reader XML), so that every classifier fold has malignant nodules to learn and validate on."""
+    if not config["split"]["stratify"]:
+        return []
+    malignancy = ["--stratify-malignancy", str(config["classification"]["malignant_min"])]
+    return ["--stratify-label", LABEL] + (malignancy if config["classification"]["enabled"] else [])
+
+
 # ---- nodule tables and patches (workflow/rules/classification.smk) ----
 
 #: classification settings `lungseg nodule-patches --settings` reads

@@ -31,8 +31,7 @@ checkpoint split:
         fractions=" ".join(str(f) for f in config["split"]["fractions"]),
         seed=config["split"]["seed"],
         folds=FOLDS,
-        # folds (and the val/test cut) balanced for cases with and without the target (e.g. nodules)
-        stratify=["--stratify-label", LABEL] if config["split"]["stratify"] else [],
+        stratify=split_strata_args(),
     shell:
         "lungseg split --cases {input.cases:q} --status {input.status:q} --fractions {params.fractions} --seed {params.seed}"
         " --folds {params.folds} {params.stratify:q} -o {output:q} > {log:q} 2>&1"

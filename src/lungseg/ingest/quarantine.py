@@ -3,7 +3,8 @@
 ``lungseg ingest ... --status STATUS.json`` writes one of::
 
     {"case_id": ..., "status": "ok", "n_slices": ..., "shape": [z, y, x], "spacing_mm": [x, y, z],
-     "labels": {name: labelled voxels}, "notes": [...], "seconds": ...}
+     "labels": {name: labelled voxels}, "notes": [...], "malignancy_medians": [...] (LIDC XML only),
+     "seconds": ...}
     {"case_id": ..., "status": "quarantined", "file": ..., "reason": ..., "fix": ...}
 
 (``file`` and ``reason`` are scrubbed: no patient identifiers, UIDs shown as ``<uid>``).
@@ -36,8 +37,18 @@ def ok_status(case: CaseVolume, seconds: float) -> dict:
         "spacing_mm": [round(float(v), 4) for v in case.geometry.spacing],
         "labels": {name: int((label > 0).sum()) for name, label in case.labels.items()},
         "notes": json.loads(str(case.provenance.get("ingest_notes", "[]"))),
+        **_reader_ratings(case),
         "seconds": round(seconds, 3),
     }
+
+
+def _reader_ratings(case: CaseVolume) -> dict:
+    """``{"malignancy_medians": [...]}``: the readers' median malignancy rating (1-5, None when unrated) of each
+    LIDC consensus nodule, for a split stratified by malignancy; nothing for a case without reader XML."""
+    table = case.annotation_attrs.get("lidc_nodules")
+    if table is None:
+        return {}
+    return {"malignancy_medians": [row.get("malignancy_median") for row in json.loads(table)]}
 
 
 def quarantined_status(case_id: str, file: str, reason: str, fix: str) -> dict:
