@@ -4,6 +4,7 @@ dataset, the plateau schedule with resume, DDP equivalence, prediction and a lea
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lungseg.classification.dataset import NoduleDataset, augment_planes, table_of, transform_planes
+from lungseg.classification.dataset import NoduleDataset, augment_planes, table_of, transform_batch, transform_planes
 from lungseg.classification.models import Classifier, build_classifier
 from lungseg.classification.nodule_table import read_nodule_table, write_nodule_table
 from lungseg.classification.predict import load_classifiers, predict_probabilities
@@ -133,6 +134,13 @@ def test_label_protocol_planes_and_windowing(tmp_path: Path) -> None:
     assert both.targets.tolist() == [[0, -1], [1, 1], [-1, 0], [-1, 0], [1, -1]]
     x = both[0][0]
     assert x.shape == (3, 16, 16) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    augmented = NoduleDataset([path], ["image", "pathology"], "orthogonal", augment=True, **common)
+    augmented.set_epoch_seed(3)
+    batch = augmented.__getitems__([4, 0, 2])  # the DataLoader's batched fetch: each item as if fetched alone
+    for (item, target), i in zip(batch, (4, 0, 2)):
+        alone, alone_target = augmented[i]
+        assert torch.allclose(item, alone, atol=1e-6) and torch.equal(target, alone_target)
+    assert not torch.allclose(batch[1][0], x)  # augmented
 
 
 def test_augmentation_is_one_3d_transform_and_seeded() -> None:
@@ -151,6 +159,18 @@ def test_augmentation_is_one_3d_transform_and_seeded() -> None:
     same = [augment_planes(planes, torch.Generator().manual_seed(7)) for _ in range(2)]
     assert torch.equal(*same)
     assert not torch.equal(same[0], augment_planes(planes, torch.Generator().manual_seed(8)))
+
+    # a batch of items with different transforms at once: each item as its own 3-D transform
+    flags = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    expected = [vol.flip(2), vol.flip(1).flip(0), vol.flip(2).flip(1).transpose(1, 2), vol.flip(0).transpose(1, 2)]
+    batch = transform_batch(torch.stack([planes] * 4), flags, torch.ones(4))
+    for item, v in zip(batch, expected):
+        assert torch.equal(item, planes_of(v))
+    scales = torch.tensor([0.9, 1.0, 1.07, 1.1])
+    zoomed = transform_batch(torch.stack([planes] * 4), flags, scales)
+    for k in range(4):
+        alone = transform_planes(planes, *flags[k].tolist(), scale=float(scales[k]))
+        assert torch.allclose(zoomed[k], alone, atol=1e-6)
 
 
 def test_a_class_without_examples_is_one_clear_error(tmp_path: Path) -> None:
@@ -316,3 +336,16 @@ def test_a_damaged_classifier_file_is_diagnosed_by_its_weights_not_as_an_unknown
     with pytest.raises(IngestError, match=f"weight '{name}' has shape") as err:
         load_predictor(tmp_path / "damaged.pt")
     assert "does not have" not in str(err.value)
+
+
+def test_persistent_loader_workers_see_each_epochs_seed(cohort, tmp_path: Path) -> None:
+    """Loader workers are kept between epochs (persistent); the augmentation seed of each epoch reaches them, so
+    training with 2 workers gives the weights of training in the main process."""
+    train_files, val_files = cohort
+    weights = {}
+    for workers in (0, 2):
+        config = dataclasses.replace(TINY, num_workers=workers, epochs=3)
+        train(config, train_files, val_files, tmp_path / f"workers{workers}")
+        weights[workers] = torch.load(tmp_path / f"workers{workers}/model.pt", weights_only=True)["state_dict"]
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

@@ -16,7 +16,8 @@ Augmentation (training): flips along x, y and z, the x <-> y swap (with the flip
 rotations about z) and an isotropic scale in [0.9, 1.1], each applied consistently to all three planes
 (the same 3-D transform: an x flip flips the axial and coronal columns, the swap transposes the axial
 plane and exchanges coronal and sagittal). Drawn from ``item_seed(epoch seed, index)``, as the
-segmentation data: the same item gets the same transform on any rank, worker or resumed run.
+segmentation data: the same item gets the same transform on any rank, worker or resumed run. The DataLoader
+fetches a batch at once (``__getitems__``), which transforms all its items together (:func:`transform_batch`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch.utils.data import Dataset
 from lungseg.classification.labels import BENIGN, MALIGNANT, LabelProtocol
 from lungseg.classification.nodule_table import read_nodule_table
 from lungseg.classification.patches import read_patches
-from lungseg.training.dataset import item_seed
+from lungseg.training.dataset import EpochSeeded, item_seed
 from lungseg.training.preprocess import to_model_input
 
 PATCH_SUFFIX, TABLE_SUFFIX = ".patches.h5", ".nodules.tsv"
@@ -88,35 +89,70 @@ def transform_planes(x: torch.Tensor, flip_x: bool = False, flip_y: bool = False
     """A 3-D transform of the volume around the nodule, applied to its planes (C, S, S): C = 3 (axial[y, x],
     coronal[z, x], sagittal[z, y]) or C = 1 (axial). Flips along x / y / z, then the x <-> y swap, then an
     isotropic zoom by ``scale`` about the centre (bilinear; 0 = air outside)."""
-    axial = x[0]
-    coronal, sagittal = (x[1], x[2]) if x.shape[0] == 3 else (None, None)
-    if flip_x:
-        axial = axial.flip(-1)
-        coronal = None if coronal is None else coronal.flip(-1)
-    if flip_y:
-        axial = axial.flip(-2)
-        sagittal = None if sagittal is None else sagittal.flip(-1)
-    if flip_z and coronal is not None:
-        coronal, sagittal = coronal.flip(-2), sagittal.flip(-2)
-    if swap_xy:
-        axial = axial.transpose(-1, -2)
-        coronal, sagittal = sagittal, coronal
-    out = torch.stack([axial] if coronal is None else [axial, coronal, sagittal])
-    if scale == 1.0:
-        return out.contiguous()
-    theta = torch.tensor([[[1.0 / scale, 0.0, 0.0], [0.0, 1.0 / scale, 0.0]]], dtype=out.dtype)
-    grid = F.affine_grid(theta, [1, *out.shape], align_corners=False)
-    return F.grid_sample(out[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].contiguous()
+    flags = torch.tensor([[flip_x, flip_y, flip_z, swap_xy]])
+    return transform_batch(x[None], flags, torch.tensor([float(scale)]))[0]
+
+
+def transform_batch(x: torch.Tensor, flags: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """:func:`transform_planes` of every item of a batch (B, C, S, S) at once: ``flags`` (B, 4) bool = flip x,
+    flip y, flip z, swap; ``scales`` (B,). The flips and the swap are exact index moves on the items concerned,
+    the zoom one bilinear resampling of the zoomed items (a grid per item, shared by its planes)."""
+    flip_x, flip_y, flip_z, swap = (flags[:, k].bool() for k in range(4))
+    out = _flip_and_swap(x, flip_x, flip_y, flip_z, swap)
+    zoomed = scales != 1.0
+    if not bool(zoomed.any()):
+        return out
+    every = bool(zoomed.all())  # the usual case in training: no gather and scatter of the zoomed items
+    theta = torch.zeros(int(zoomed.sum()), 2, 3, dtype=out.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scales[zoomed].to(out.dtype)
+    grid = F.affine_grid(theta, [len(theta), *out.shape[1:]], align_corners=False)
+    resampled = F.grid_sample(out if every else out[zoomed], grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)
+    if every:
+        return resampled
+    out[zoomed] = resampled
+    return out
+
+
+def _flip_and_swap(x: torch.Tensor, flip_x: torch.Tensor, flip_y: torch.Tensor, flip_z: torch.Tensor,
+                   swap: torch.Tensor) -> torch.Tensor:
+    """The flips and the swap of :func:`transform_batch` as exact index moves, on the items concerned only."""
+    out = x.clone()
+    axial = out[:, 0]
+
+    def apply(plane: torch.Tensor, mask: torch.Tensor, move) -> None:
+        if bool(mask.any()):
+            plane[mask] = move(plane[mask])
+
+    apply(axial, flip_x, lambda t: t.flip(-1))
+    apply(axial, flip_y, lambda t: t.flip(-2))
+    apply(axial, swap, lambda t: t.transpose(-1, -2))
+    if x.shape[1] == 3:
+        coronal, sagittal = out[:, 1], out[:, 2]
+        apply(coronal, flip_x, lambda t: t.flip(-1))
+        apply(sagittal, flip_y, lambda t: t.flip(-1))
+        apply(coronal, flip_z, lambda t: t.flip(-2))
+        apply(sagittal, flip_z, lambda t: t.flip(-2))
+        if bool(swap.any()):
+            kept = coronal[swap].clone()
+            coronal[swap] = sagittal[swap]
+            sagittal[swap] = kept
+    return out
+
+
+def augmentation_draw(generator: torch.Generator) -> tuple[list[bool], float]:
+    """One item's random transform: flips and swap (each 1/2), scale (uniform in :data:`SCALE_RANGE`)."""
+    flip_x, flip_y, flip_z, swap, u = torch.rand(5, generator=generator).tolist()
+    return [flip_x < 0.5, flip_y < 0.5, flip_z < 0.5, swap < 0.5], SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u
 
 
 def augment_planes(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """:func:`transform_planes` with random flips (each 1/2), swap (1/2) and scale (uniform in :data:`SCALE_RANGE`)."""
-    flip_x, flip_y, flip_z, swap, u = torch.rand(5, generator=generator).tolist()
-    scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u
-    return transform_planes(x, flip_x < 0.5, flip_y < 0.5, flip_z < 0.5, swap < 0.5, scale)
+    """:func:`transform_planes` with a random transform (:func:`augmentation_draw`)."""
+    flags, scale = augmentation_draw(generator)
+    return transform_planes(x, *flags, scale=scale)
 
 
-class NoduleDataset(Dataset):
+class NoduleDataset(EpochSeeded, Dataset):
     """The labelled nodules of ``patch_files`` (see the module docstring); all patches held in memory."""
 
     def __init__(self, patch_files: Sequence[str | Path], heads: Sequence[str], planes: str, image_size: int,
@@ -126,7 +162,6 @@ class NoduleDataset(Dataset):
         self.heads = list(heads)
         self.classes = {h: head_classes(h, indeterminate) for h in self.heads}
         self.augment = augment
-        self.epoch_seed = 0
         images, targets, cases, rows = [], [], [], []
         for case_idx, path in enumerate(self.files):
             patches, table = read_case(path)
@@ -153,14 +188,18 @@ class NoduleDataset(Dataset):
         t = self.targets[:, self.heads.index(head)]
         return np.bincount(t[t >= 0], minlength=len(self.classes[head]))
 
-    def set_epoch_seed(self, seed: int) -> None:
-        self.epoch_seed = int(seed)
-
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The items of one batch (the DataLoader's batched fetch), augmented together by
+        :func:`transform_batch`; item i gets the transform of ``item_seed(epoch seed, i)`` as if alone."""
+        x = self.images[list(indices)]
         if self.augment:
-            x = augment_planes(x, torch.Generator().manual_seed(item_seed(self.epoch_seed, i)))
-        return x, torch.from_numpy(self.targets[i])
+            epoch_seed = self.epoch_seed
+            draws = [augmentation_draw(torch.Generator().manual_seed(item_seed(epoch_seed, int(i)))) for i in indices]
+            x = transform_batch(x, torch.tensor([f for f, _ in draws]), torch.tensor([s for _, s in draws]))
+        return [(item, torch.from_numpy(self.targets[i])) for item, i in zip(x, indices)]

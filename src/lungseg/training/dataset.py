@@ -48,6 +48,24 @@ def augment_pair(image: torch.Tensor, mask: torch.Tensor, max_degrees: float = 1
     return image.contiguous(), mask.contiguous()
 
 
+class EpochSeeded:
+    """The epoch seed of a training dataset (``item_seed(epoch_seed, i)`` seeds item i's augmentation), held in
+    shared memory: the DataLoader's persistent workers, which keep their copy of the dataset between epochs, read
+    the value the main process sets before the epoch's first index is sent to them."""
+
+    _shared_epoch_seed: torch.Tensor | None = None
+
+    @property
+    def epoch_seed(self) -> int:
+        return 0 if self._shared_epoch_seed is None else int(self._shared_epoch_seed[0])
+
+    def set_epoch_seed(self, seed: int) -> None:
+        """Seed of this epoch's augmentation (set before the epoch's DataLoader iterator is created)."""
+        if self._shared_epoch_seed is None:
+            self._shared_epoch_seed = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._shared_epoch_seed[0] = int(seed)
+
+
 def item_seed(epoch_seed: int, index: int) -> int:
     """Seed of one item's augmentation in one epoch (a splitmix-style hash: independent streams)."""
     z = (epoch_seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2**64
@@ -86,7 +104,7 @@ def check_labels(f: h5py.File, path: str, label: str, roi_label: str | None, roi
                              f"image has {f['image'].shape}")
 
 
-class SliceDataset(Dataset):
+class SliceDataset(EpochSeeded, Dataset):
     """All axial slices of ``case_paths`` as ``(image (1, S, S), mask (1, S, S))`` float32 pairs.
 
     The image is the HU slice through :func:`~lungseg.training.preprocess.to_model_input` (the exact
@@ -117,7 +135,6 @@ class SliceDataset(Dataset):
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.augment = augment
         self.roi, self.roi_label, self.roi_margin = roi, roi_label, int(roi_margin)
-        self.epoch_seed = 0
         index: list[tuple[int, int]] = []
         positive: list[np.ndarray] = []
         self.boxes: list[tuple[int, int, int, int] | None] = []
@@ -161,10 +178,6 @@ class SliceDataset(Dataset):
         if f is None:
             f = self._handles[case_idx] = open_case(self.case_paths[case_idx])
         return f
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Seed of this epoch's augmentation (set before the epoch's DataLoader iterator is created)."""
-        self.epoch_seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.index)

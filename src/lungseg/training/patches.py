@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from lungseg.casefile import open_case
 from lungseg.geometry import Geometry
-from lungseg.training.dataset import augment_pair, check_labels, item_seed
+from lungseg.training.dataset import EpochSeeded, augment_pair, check_labels, item_seed
 from lungseg.training.preprocess import normalize_hu
 
 #: foreground voxels kept per object, and region voxels per case, to draw centres from (memory bound)
@@ -207,7 +207,7 @@ class _Case:
     box: tuple[tuple[int, int], ...] | None  # (start, stop) per axis of the dilated region's bounding box
 
 
-class PatchDataset(Dataset):
+class PatchDataset(EpochSeeded, Dataset):
     """``n_items`` training patches per epoch over ``case_paths``: ``(image, mask)`` float32 tensors of
     ``(1 + 2K, S, S)`` / ``(1, S, S)`` (2-D; the mask of the middle slice) or ``(1, D, S, S)`` both (3-D).
 
@@ -230,7 +230,6 @@ class PatchDataset(Dataset):
         cases = np.arange(int(n_items)) % len(self.case_paths)
         self.index = np.stack([cases, np.arange(int(n_items))], axis=1).astype(np.int64)
         self.positive = np.zeros(int(n_items), dtype=bool)  # no slice weights: the rate is drawn per item
-        self.epoch_seed = 0
         self._handles: dict[int, h5py.File] = {}
         self._datasets: dict[int, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
@@ -273,9 +272,6 @@ class PatchDataset(Dataset):
             names = {self.label, self.roi_label} if self.roi != "none" else {self.label}
             datasets = self._datasets[case_idx] = {"image": f["image"], **{n: f["labels"][n] for n in names}}
         return datasets
-
-    def set_epoch_seed(self, seed: int) -> None:
-        self.epoch_seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.index)
