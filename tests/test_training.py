@@ -221,3 +221,32 @@ def test_cli_single_process_copies_outputs(cases, tmp_path: Path) -> None:
     assert main(["train", "--train", *train_cases, "--val", *val_cases, "--out-dir", str(tmp_path / "bad"),
                  "--label", "nodule", "--epochs", "1"]) == 1  # clear error, no traceback
 
+
+
+def test_per_item_dice_weighs_a_small_object_as_much_as_a_large_one() -> None:
+    from lungseg.training.losses import bce_dice_per_item_loss, get_loss
+
+    target = torch.zeros(3, 1, 32, 32)
+    target[0, 0, 2:30, 2:30] = 1  # a large object (784 pixels)
+    target[1, 0, 15:17, 15:17] = 1  # a small one (4 pixels); item 2 holds none
+    confident = torch.where(target > 0, 12.0, -12.0)
+    missed_small = confident.clone()
+    missed_small[1] = -12.0  # the small object predicted as background
+    pooled, per_item = get_loss("bce_dice"), get_loss("bce_dice_per_item")
+    assert per_item is bce_dice_per_item_loss
+    assert float(per_item(confident, target)) < 1e-3
+    # pooled over the batch, missing 4 of 788 pixels costs little (mostly their BCE); per item, half of the Dice
+    assert float(pooled(missed_small, target)) < 0.03
+    assert float(per_item(missed_small, target)) > 0.3
+    # an item without foreground leaves the Dice term to the others (only BCE sees its false positives)
+    false_positive = confident.clone()
+    false_positive[2, 0, :4, :4] = 12.0
+    rise = float(per_item(false_positive, target)) - float(per_item(confident, target))
+    bce_rise = float(torch.nn.functional.binary_cross_entropy_with_logits(false_positive, target)
+                     - torch.nn.functional.binary_cross_entropy_with_logits(confident, target))
+    assert abs(rise - bce_rise) < 1e-4
+    # no foreground anywhere: BCE alone, with a gradient for every logit
+    empty = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    loss = per_item(empty, torch.zeros(2, 1, 8, 8))
+    loss.backward()
+    assert abs(loss.item() - float(np.log(2))) < 1e-5 and empty.grad is not None
