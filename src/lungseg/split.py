@@ -222,12 +222,14 @@ def out_of_fold_cases(table: SplitTable, fold: int) -> list[str]:
 def label_strata(status_files: Iterable[str | Path], label: str) -> dict[str, bool | None]:
     """case -> whether its ingest status counts foreground voxels of ``label`` (``labels[label] > 0``);
     None when the status has no count for it (quarantined, or the label missing)."""
-    strata: dict[str, bool | None] = {}
-    for path in status_files:
-        status = json.loads(Path(path).read_text())
-        count = (status.get("labels") or {}).get(label) if status.get("status") == "ok" else None
-        strata[str(status["case_id"])] = None if count is None else count > 0
-    return strata
+    statuses = [json.loads(Path(path).read_text()) for path in status_files]
+    return {str(status["case_id"]): _has_label(status, label) for status in statuses}
+
+
+def _has_label(status: Mapping, label: str) -> bool | None:
+    """Whether an ingest status counts foreground voxels of ``label``; None when it has no count for it."""
+    count = (status.get("labels") or {}).get(label) if status.get("status") == "ok" else None
+    return None if count is None else count > 0
 
 
 def malignancy_strata(status_files: Iterable[str | Path], label: str, malignant_min: float) -> dict[str, int | None]:
@@ -237,7 +239,7 @@ def malignancy_strata(status_files: Iterable[str | Path], label: str, malignant_
     strata: dict[str, int | None] = {}
     for path in status_files:
         status = json.loads(Path(path).read_text())
-        has_label = label_strata([path], label)[str(status["case_id"])]
+        has_label = _has_label(status, label)
         medians = [m for m in status.get("malignancy_medians") or [] if m is not None]
         malignant = status.get("status") == "ok" and any(m >= malignant_min for m in medians)
         strata[str(status["case_id"])] = 2 if malignant else None if has_label is None else int(has_label)
