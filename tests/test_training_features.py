@@ -154,7 +154,7 @@ def test_fscore_is_the_mean_per_slice_harmonic_mean_of_precision_and_recall() ->
     logits[0, 0, :1] = 5  # slice 0: TP 4, P 4, G 8 -> precision 1, recall 0.5 -> F 2/3
     # slice 1: missed -> 0; slice 2: both empty -> 1
     assert float(fscore_sum(logits, target)) == pytest.approx(2 / 3 + 0 + 1)
-    with pytest.raises(ValueError, match="valid choices: bce_dice, bce, dice"):
+    with pytest.raises(ValueError, match="valid choices: bce_dice, bce_dice_per_item, bce, dice"):
         get_loss("focal")
 
 

@@ -41,12 +41,15 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._unannounced = False
         self._previous: dict[int, object] = {}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        # only record: logging here could re-enter a log write the signal interrupted (a "Logging error" that
+        # swallowed the run's last lines); the training loop announces it at its next check (adopt)
         if self.signum is None:
             self.signum = signum
-            log.warning("received %s: stopping after the current step with a checkpoint", signal.Signals(signum).name)
+            self._unannounced = True
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -69,6 +72,9 @@ class StopRequest:
         Only the agreed value decides, so that all processes stop after the same step: a signal that
         reaches this process after the agreement waits for the next one.
         """
+        if self._unannounced:
+            self._unannounced = False
+            log.warning("received %s: stopping after the current step with a checkpoint", signal.Signals(self.signum).name)
         if signum and self.signum is None:
             self.signum = signum
         return signum > 0
