@@ -9,18 +9,21 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice of sigmoid(logits) against a {0, 1} target, pooled over the batch."""
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, per_item: bool = False) -> torch.Tensor:
+    """Soft Dice of sigmoid(logits) against a {0, 1} target, pooled over the batch; with ``per_item``, one per
+    item (a ``(B,)`` tensor)."""
     probs = torch.sigmoid(logits.float())
     target = target.float()
+    if per_item:
+        probs, target = probs.flatten(1), target.flatten(1)
+        return (2.0 * (probs * target).sum(dim=1) + smooth) / (probs.sum(dim=1) + target.sum(dim=1) + smooth)
     intersection = (probs * target).sum()
     return (2.0 * intersection + smooth) / (probs.sum() + target.sum() + smooth)
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """Mean binary cross-entropy on logits plus ``1 - soft Dice`` (pooled over the batch)."""
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-    return bce + (1.0 - soft_dice(logits, target, smooth))
+    return bce_loss(logits, target) + (1.0 - soft_dice(logits, target, smooth))
 
 
 def bce_dice_per_item_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -28,14 +31,11 @@ def bce_dice_per_item_loss(logits: torch.Tensor, target: torch.Tensor, smooth: f
     items. Pooled over the batch, a large nodule's voxels drown a small one's; per item, a patch centred on a
     3 mm nodule weighs as much as one on a 30 mm nodule. Items without foreground are left to the BCE (their
     Dice would punish any false positive voxel as hard as a missed nodule)."""
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-    probs, target = torch.sigmoid(logits.float()).flatten(1), target.float().flatten(1)
-    holds = target.sum(dim=1) > 0
+    bce = bce_loss(logits, target)  # over every item: every logit (and parameter) gets a gradient
+    holds = target.flatten(1).sum(dim=1) > 0
     if not bool(holds.any()):
-        return bce + 0.0 * probs.sum()  # keeps the graph (DDP expects every parameter's gradient)
-    probs, target = probs[holds], target[holds]
-    dice = (2.0 * (probs * target).sum(dim=1) + smooth) / (probs.sum(dim=1) + target.sum(dim=1) + smooth)
-    return bce + (1.0 - dice.mean())
+        return bce
+    return bce + (1.0 - soft_dice(logits[holds], target[holds], smooth, per_item=True).mean())
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
