@@ -1,4 +1,4 @@
-"""Keep freed memory in the process for CPU training and inference (glibc's malloc).
+"""Keep freed memory in the process for CPU training (glibc's malloc).
 
 A PyTorch step on CPU allocates its activations and gradients afresh and frees them at the end. glibc serves
 blocks above its mmap threshold (dynamic, from 128 KiB) with ``mmap`` and gives them back with ``munmap``, and
@@ -6,7 +6,8 @@ trims the heap's free top back to the system: every step then faults its working
 On a 2-core machine that made ResNet18 training on 32 x 32 patches about 1.5x slower than with the memory kept
 (``benchmarks/bench_classifier.py``; see docs/benchmarks.md). Raising both thresholds keeps freed blocks for the
 next step; the process's resident memory stays at its peak instead of shrinking between steps, which suits a job
-that runs one model on its node.
+that runs one model on its node. Sliding-window inference gained nothing measurable from it, so only training
+applies it.
 
 Applied once per process, only with glibc (Linux), and not where the user tuned malloc already: a
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``GLIBC_TUNABLES`` setting, or another allocator in
