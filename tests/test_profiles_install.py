@@ -39,8 +39,8 @@ def user_dir(env: dict[str, str]) -> Path:
     return Path(env["HOME"]) / ".config/snakemake"
 
 
-# Snakemake's words for a profile name it cannot resolve; they changed between releases:
-# 9.0-9.27 "no profile.yaml (or config.yaml) found", later "profile given but no config.yaml found".
+# Snakemake's words for a profile name it cannot resolve; they changed between releases: 9.27 says "no
+# profile.yaml (or config.yaml) found", 8.x "profile given but no config.yaml found" (pyproject asks for 9.27+).
 PROFILE_NOT_FOUND = re.compile(r"no (profile\.yaml \(or )?config\.yaml\)? found")
 
 
