@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -167,6 +168,31 @@ def test_resume_continues_at_next_epoch_and_keeps_rows(cases, tmp_path: Path, ca
     caplog.clear()
     train(replace(TINY, epochs=2), *cases, tmp_path)  # complete already: nothing to do
     assert "nothing to train" in caplog.text and (tmp_path / "metrics.csv").read_text().splitlines() == lines
+
+
+def test_a_checkpoint_of_other_training_data_is_not_resumed(cases, tmp_path: Path, caplog) -> None:
+    """A training job rerun because its data changed (a case re-ingested) trains again; the same data resumes."""
+    import shutil
+
+    caplog.set_level(logging.INFO, logger="lungseg.train")
+    train_files = [Path(shutil.copy(p, tmp_path / Path(p).name)) for p in cases[0]]
+    train(replace(TINY, epochs=1), train_files, cases[1], tmp_path / "run")
+    first = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
+    assert len(first["data"]) == 16
+    caplog.clear()
+    train(replace(TINY, epochs=1), train_files, cases[1], tmp_path / "run")  # the same files: done
+    assert "nothing to train" in caplog.text
+    stat = train_files[0].stat()
+    os.utime(train_files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the case rewritten
+    caplog.clear()
+    train(replace(TINY, epochs=1), train_files, cases[1], tmp_path / "run")
+    assert "was written for other training data" in caplog.text and "nothing to train" not in caplog.text
+    again = torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)
+    assert again["epoch"] == 1 and again["data"] != first["data"]
+    assert len((tmp_path / "run/metrics.csv").read_text().splitlines()) == 2  # one epoch, of the new run
+    caplog.clear()
+    train(replace(TINY, epochs=1), train_files[:-1], cases[1], tmp_path / "run")  # a case left out: starts over too
+    assert "was written for other training data" in caplog.text
 
 
 def test_resume_refuses_a_checkpoint_of_another_setup(cases, tmp_path: Path) -> None:

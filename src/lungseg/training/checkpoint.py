@@ -22,6 +22,10 @@ an inference step must apply the same to its input (``none`` = whole slices, the
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,19 @@ def saved_size_estimate(obj: Any) -> int:
         elif isinstance(item, (list, tuple)):
             pending.extend(item)
     return SAVE_OVERHEAD_BYTES + sum(storages.values())
+
+
+def data_fingerprint(train_files: Sequence[str | Path], val_files: Sequence[str | Path]) -> str:
+    """16 hex digits of the training and validation files as given: each one's name, size and modification time
+    (cheap on multi-GB case files). A checkpoint records it and is resumed only by a run on the same files: a
+    training job rerun because its data changed (a case re-ingested, added or removed, another split) starts over
+    instead of taking the old run's finished model. A file a copy gave a new time counts as changed."""
+    def describe(path: str | Path) -> list[Any]:
+        stat = os.stat(path)
+        return [Path(path).name, stat.st_size, stat.st_mtime_ns]
+
+    listing = {"train": [describe(p) for p in train_files], "val": [describe(p) for p in val_files]}
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -46,7 +46,14 @@ from tqdm import tqdm
 
 from lungseg.atomic import atomic_path
 from lungseg.training.allocator import keep_freed_memory
-from lungseg.training.checkpoint import CHECKPOINT_FORMAT, cpu_state_dict, load_checkpoint, model_file_state, save_checkpoint
+from lungseg.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    cpu_state_dict,
+    data_fingerprint,
+    load_checkpoint,
+    model_file_state,
+    save_checkpoint,
+)
 from lungseg.training.config import RESUME_KEYS, TrainConfig
 from lungseg.training.dataset import item_seed
 from lungseg.training.distributed import (
@@ -175,6 +182,7 @@ class _Ctx:
     frozen: bool | None = None
     net: torch.nn.Module | None = None  # the model as trained (DDP-wrapped when data-parallel)
     extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None  # added to the training loss (FedProx)
+    data: str = ""  # the training data's fingerprint (checkpoint.data_fingerprint), saved with every checkpoint
 
     @property
     def ckpt_path(self) -> Path:
@@ -317,12 +325,19 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
     seed_everything(config.seed)  # identical initial weights on every rank
     model = head.build_model(config)
     state = None
+    data = data_fingerprint(train_cases, val_cases)
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location="cpu")
-        _check_resumable(ckpt_path, state, config, env)
-    elif initial_weights is not None:
+        if state.get("data", data) != data:  # checkpoints written before the fingerprint: resumed as before
+            if main:
+                log.warning("%s was written for other training data (cases added, removed or rewritten since): "
+                            "training starts over (the checkpoint is replaced at the first save)", ckpt_path)
+            state = None
+        else:
+            _check_resumable(ckpt_path, state, config, env)
+    if state is None and initial_weights is not None:
         model.load_state_dict(initial_weights)
-    elif config.pretrained:
+    elif state is None and config.pretrained:
         used = load_vgg16_pretrained(model, config.pretrained)
         if main:
             log.info("encoder initialised from pretrained VGG16-BN weights %s", used)
@@ -377,7 +392,7 @@ def _train(config: TrainConfig, train_cases: list[str], val_cases: list[str], ou
     val_loader = _loader(Subset(val_ds, range(env.rank, len(val_ds), env.world_size)), None, config, device)
     ctx = _Ctx(config, env, device, model, optimizer, scaler, head.loss_fn(config, train_ds, get_loss), amp_dtype, channels_last,
                StopRequest(), out_dir, train_ds, val_loader, head, schedule, history, best_score)
-    ctx.extra_loss = extra_loss
+    ctx.extra_loss, ctx.data = extra_loss, data
     if main:
         log.info("training %s %s (%s) on %d %s per epoch (%d cases), validating on %d %s (%d cases); "
                  "%d process(es) on %s, batch %d per process, input %s, epochs %d..%d, amp %s%s",
@@ -514,7 +529,7 @@ def _save(ctx: _Ctx, epoch_done: int, **extra: Any) -> None:
         "optimizer": None, "scheduler": ctx.schedule.state_dict(epoch_done, ctx.optimizer.param_groups[0]["lr"]),
         "scaler": ctx.scaler.state_dict(), "best_val_score": ctx.best_score, "history": ctx.history,
         "config": ctx.config.as_dict(), "world_size": ctx.env.world_size, "rng": rng_state(),
-        "position": None, "clients": None,
+        "position": None, "clients": None, "data": ctx.data,
     }
     state.update(extra)
     save_checkpoint(ctx.ckpt_path, state)
