@@ -23,6 +23,10 @@ def nodule_config(workdir: Path) -> dict:
                           folder="resources/demo")
     config["train"].update(epochs=1, base_channels=4, depth=2, batch_size=4, patch_size=32, patches_per_epoch=16)
     config["experiments"]["unet3d"] = {"arch": "unet3d", "context_slices": 0, "patch_depth": 4}  # the 3-D option
+    # two-stage detection (config/nodule_two_stage.yaml) on the classical detector's candidates (a 1-epoch U-Net's
+    # probability map is one component per scan), a tiny classifier
+    config["detection"] = {**yaml.safe_load((REPO / "config/nodule_two_stage.yaml").read_text())["detection"],
+                           "candidates": "classical_nodule", "patch_size": 32, "classifier": {"epochs": 2, "batch_size": 16}}
     config["evaluate"]["bootstrap_samples"] = 100
     (workdir / "config").mkdir(exist_ok=True)
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
@@ -51,6 +55,28 @@ def test_every_split_has_nodules_and_the_models_are_patch_models(nodule_run) -> 
     for experiment, kind in (("unet_2_5d", [1, 32, 32]), ("unet3d", [4, 32, 32])):
         state = torch.load(results / f"experiments/{experiment}/folds/0/model.pt", weights_only=True)
         assert state["input"]["kind"] == "patches" and state["input"]["patch_size"] == kind
+
+
+def test_two_stage_detection_rescores_the_candidates_of_the_test_scans(nodule_run) -> None:
+    workdir, log = nodule_run
+    results = workdir / "results"
+    import torch
+
+    state = torch.load(results / "experiments/candidate_classifier/folds/0/model.pt", weights_only=True)
+    assert state["classification"]["heads"] == {"candidate": ["non_nodule", "nodule"]}
+    test = [line.split("\t")[0] for line in (results / "split.tsv").read_text().splitlines()[1:] if "\ttest\t" in line]
+    scores = (results / "detection/scores.tsv").read_text().splitlines()
+    assert scores[0].split("\t")[:3] == ["case", "patient", "nodule"] and "p_nodule" in scores[0]
+    assert {row.split("\t")[0] for row in scores[1:]} <= set(test)
+    for case in test:  # every test scan rescored: the candidate table's rows are the scan's candidates
+        assert (results / f"detection/predictions/{case}.probabilities.nii.gz").is_file()
+        table = (results / f"candidates/{case}.nodules.tsv").read_text().splitlines()
+        assert sum(row.startswith(f"{case}\t") for row in scores[1:]) == len(table) - 1
+    summary = json.loads((results / "metrics/summary.json").read_text())
+    assert "classical_nodule_fp_reduced" in summary
+    comparison = json.loads((results / "comparison/comparison.json").read_text())
+    assert comparison["methods"]["classical_nodule_fp_reduced"]["kind"] == "experiment"
+    assert "lungseg rescore-candidates" in log and "--candidate-threshold 0.00392" in log
 
 
 def test_sliding_window_predictions_baseline_froc_and_report(nodule_run) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from lungseg.casefile import QuarantinedCaseError
 from lungseg.geometry import Geometry, write_volume
-from lungseg.ingest.errors import IngestError
+from lungseg.ingest.errors import IngestError, quarantined_error
 from lungseg.lungmask import cli as _lung_mask_cli
 from lungseg.lungmask import io as _lung_mask_io
 
@@ -71,8 +71,7 @@ def read_scan(path: PathLike) -> Scan:
     try:
         scan = _lung_mask_io.read_input(path)
     except QuarantinedCaseError as exc:
-        raise IngestError(path, "was quarantined at ingest and holds no image",
-                          "fix the scan (see the quarantine table) and re-run ingest") from exc
+        raise quarantined_error(path) from exc
     return Scan(scan.hu, scan.geometry, scan.case_id)
 
 

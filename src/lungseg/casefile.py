@@ -168,6 +168,16 @@ def read_status(path: str | Path) -> dict[str, str]:
         return out
 
 
+def open_ingested(path: str | Path) -> h5py.File:
+    """:func:`open_case` for a command's input: a quarantined case raises an IngestError naming the file and the fix."""
+    from lungseg.ingest.errors import quarantined_error
+
+    try:
+        return open_case(path)
+    except QuarantinedCaseError as exc:
+        raise quarantined_error(path) from exc
+
+
 def open_case(path: str | Path) -> h5py.File:
     """Open a case file read-only (for lazy slice access); checks the format marker."""
     f = h5py.File(path, "r")

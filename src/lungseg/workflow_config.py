@@ -46,7 +46,8 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> di
     and the allowed form. Defaults are filled into ``config`` only once it passes the schema. Last,
     the ``experiments`` section (:func:`lungseg.experiments.check_experiments`): names, overrides, and
     each experiment's train settings against the schema and :data:`TRAIN_CHECKS`; the same for the
-    classifiers of ``classification`` (:func:`lungseg.classification.experiments.check_classifiers`).
+    classifiers of ``classification`` (:func:`lungseg.classification.experiments.check_classifiers`) and the
+    ``detection`` section's candidate classifier (:mod:`lungseg.detection.settings`).
     """
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
@@ -60,11 +61,21 @@ def check_config(config: dict[str, Any], schema_path: str | PathLike[str]) -> di
         if problem:
             raise ConfigError(f"invalid config: {problem}")
     from lungseg.classification.experiments import check_classifiers
-    from lungseg.experiments import ExperimentError, check_experiments  # imports this module's checks
+    from lungseg.detection.settings import CANDIDATE_CLASSIFIER, candidate_classifier, candidate_experiment
+    from lungseg.experiments import ExperimentError, check_experiments, reference_experiment  # imports this module's checks
 
     try:  # each experiment's (and classifier's) train settings: the schema's train section and TRAIN_CHECKS
         segmentation = check_experiments(config, schema)
-        check_classifiers(config, schema, segmentation)
+        classifiers = check_classifiers(config, schema, segmentation)
+        if config["detection"]["enabled"]:
+            if config["train"]["label"] != "nodule":
+                raise ExperimentError(f"detection.enabled needs train.label nodule (it is {config['train']['label']}): "
+                                      "candidates are nodule candidates")
+            if CANDIDATE_CLASSIFIER in classifiers:
+                raise ExperimentError(f"classification.experiments.{CANDIDATE_CLASSIFIER}: the name is the detection "
+                                      "section's candidate classifier's; rename the classifier")
+            candidate_experiment(config, segmentation, reference_experiment(config))
+            candidate_classifier(config, schema, segmentation)
     except ExperimentError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     return schema

@@ -15,6 +15,12 @@ from lungseg.ingest.fingerprint import folder_fingerprint
 from lungseg.cases import CaseSheetError, read_case_sheet, write_case_sheet
 from lungseg.experiments import reference_experiment, resolve_experiments
 from lungseg.classification.experiments import reference_classifier, resolve_classifiers
+from lungseg.detection.settings import (
+    CANDIDATE_CLASSIFIER,
+    candidate_classifier,
+    candidate_experiment,
+    two_stage_method,
+)
 from lungseg.cluster.launch import torchrun_prefix
 from lungseg.lungmask.methods import baseline_name
 from lungseg.training.rule_args import checkpoint_key
@@ -52,8 +58,14 @@ REFERENCE = reference_experiment(config)
 CLASSIFIERS = resolve_classifiers(config, CONFIG_SCHEMA)
 #: the classifier the others are compared against (None without classifiers)
 REFERENCE_CLASSIFIER = reference_classifier(config, CLASSIFIERS)
+#: two-stage nodule detection (config detection; workflow/rules/detection.smk): the candidate classifier's settings
+#: ({} when off), the experiment giving the candidates and the two-stage method's name in the metrics
+DETECTION = config["detection"]["enabled"]
+CANDIDATE_CLASSIFIERS = candidate_classifier(config, CONFIG_SCHEMA)
+CANDIDATE_EXPERIMENT = candidate_experiment(config, EXPERIMENTS, REFERENCE) if DETECTION else None
+TWO_STAGE = two_stage_method(CANDIDATE_EXPERIMENT) if DETECTION else None
 #: every model the train rule makes (segmentation experiments and classifiers), name -> train settings
-TRAINED = {**EXPERIMENTS, **CLASSIFIERS}
+TRAINED = {**EXPERIMENTS, **CLASSIFIERS, **CANDIDATE_CLASSIFIERS}
 #: k-fold cross-validation: one model per fold and experiment (1: one train/val split)
 FOLDS = config["split"]["folds"]
 #: the classical nodule detector's name in the metrics (the nodule target's baseline)
@@ -250,9 +262,16 @@ def nodule_patch_file(case):
     return f"{RESULTS}/nodules/{case}.patches.h5"
 
 
+def candidate_patch_file(case):
+    return f"{RESULTS}/candidates/{case}.patches.h5"
+
+
 def training_files(wildcards, part):
-    """`lungseg train --train` (part 0) / `--val` (part 1) of one fold: case files, or a classifier's nodule patch files."""
+    """`lungseg train --train` (part 0) / `--val` (part 1) of one fold: case files, a classifier's nodule patch files
+    or the candidate classifier's candidate patch files."""
     cases = fold_split(wildcards.fold)[part]
+    if wildcards.experiment in CANDIDATE_CLASSIFIERS:
+        return [candidate_patch_file(c) for c in cases]
     return [(nodule_patch_file if wildcards.experiment in CLASSIFIERS else case_file)(c) for c in cases]
 
 
@@ -409,10 +428,66 @@ def comparison_plan(wildcards):
                     ),
                 }
                 for name in EXPERIMENTS
-            },
+            }
+            | two_stage_plan(),
         },
         sort_keys=True,
     )
+
+
+def two_stage_plan():
+    """The two-stage detector in the comparison plan: compared as an experiment, its training cost that of both
+    stages (the candidate experiment's fold models and the candidate classifier's)."""
+    if not DETECTION:
+        return {}
+    stages = (
+        [CANDIDATE_EXPERIMENT, CANDIDATE_CLASSIFIER] if CANDIDATE_EXPERIMENT in EXPERIMENTS else [CANDIDATE_CLASSIFIER]
+    )
+    return {
+        TWO_STAGE: {
+            "folds": FOLDS,
+            "models": [model_file(name, fold) for name in stages for fold in range(FOLDS)],
+            "train_benchmarks": [
+                f"{RESULTS}/benchmarks/train/{name}/{fold}.tsv" for name in stages for fold in range(FOLDS)
+            ],
+            "oof_metrics": None,
+        }
+    }
+
+
+def candidate_maps(case, out_of_fold=False):
+    """{mask, probabilities} of a case by the candidate source: the classical detector's maps, or the candidate
+    experiment's prediction (``out_of_fold``: its out-of-fold prediction)."""
+    if CANDIDATE_EXPERIMENT == NODULE_BASELINE:
+        folder = f"{RESULTS}/baselines/nodules"
+    else:
+        folder = f"{experiment_dir(CANDIDATE_EXPERIMENT)}/{'out_of_fold/' if out_of_fold else ''}predictions"
+    return {"mask": f"{folder}/{case}.nii.gz", "probabilities": f"{folder}/{case}.probabilities.nii.gz"}
+
+
+def candidate_source(wildcards):
+    """The probability map a case's candidates come from: the candidate experiment's test prediction (fold
+    ensemble) for a test case, else with k folds its out-of-fold prediction (a model that did not train on the
+    case, as at test time), else its prediction by the one model (that trained on the training cases); or the
+    classical detector's score map."""
+    out_of_fold = FOLDS > 1 and wildcards.case not in cases_in("test")
+    maps = candidate_maps(wildcards.case, out_of_fold)
+    return {"probabilities": maps["probabilities"], "split": f"{RESULTS}/split.tsv"}
+
+
+def detection_outputs():
+    """The candidate classifier's models and training logs and the two-stage detector's test metrics (in the
+    metrics, the comparison and the FROC through rule aggregate), if detection.enabled."""
+    if not DETECTION:
+        return []
+    return [
+        expand(
+            f"{RESULTS}/experiments/{CANDIDATE_CLASSIFIER}/folds/{{fold}}/{{name}}",
+            fold=range(FOLDS),
+            name=["model.pt", "metrics.csv"],
+        ),
+        expand(f"{RESULTS}/detection/metrics/cases/{{case}}.json", case=cases_in("test")),
+    ]
 
 
 def flatten(items):
@@ -481,6 +556,8 @@ def all_outputs(wildcards):
             dicomweb_outputs(),  # receipts of the SEG files stored in the PACS (workflow/rules/dicomweb.smk), if export.dicomweb
             # nodule tables, patches and classifiers (workflow/rules/classification.smk), if classification.enabled
             classification_outputs(),
+            # the two-stage nodule detector (workflow/rules/detection.smk), if detection.enabled
+            detection_outputs(),
         ]
     )
 

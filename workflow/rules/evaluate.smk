@@ -112,6 +112,7 @@ use rule aggregate_experiment as aggregate with:
                 case=cases_in("test"),
             ),
             *expand(f"{RESULTS}/baselines/metrics/cases/{{case}}.json", case=cases_in("test")),
+            *(expand(f"{RESULTS}/detection/metrics/cases/{{case}}.json", case=cases_in("test")) if DETECTION else []),
         ],
     output:
         csv=report(

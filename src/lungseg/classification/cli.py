@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.casefile import QuarantinedCaseError, open_case
+from lungseg.casefile import open_ingested
 from lungseg.classification.labels import LabelProtocol, parse_pathology
 from lungseg.classification.nodule_table import reference_nodules, table_row, write_nodule_table
 from lungseg.classification.patches import extract_patch, write_patches
 from lungseg.geometry import Geometry
-from lungseg.ingest.errors import IngestError
 
 log = logging.getLogger("lungseg.classification")
 #: settings keys and defaults: patch side (mm), pixels per side, the label protocol
@@ -86,12 +85,7 @@ def nodule_patches(
 ) -> tuple[list[dict[str, str]], list[str]]:
     """Write the patches and the table of one case file; its table rows and the nodule sources used."""
     patch_mm, size = float(settings["patch_mm"]), int(settings["patch_size"])
-    try:
-        case = open_case(case_path)
-    except QuarantinedCaseError as exc:
-        raise IngestError(case_path, "was quarantined at ingest and holds no image",
-                          "fix the scan (see the quarantine table) and re-run ingest") from exc
-    with case:
+    with open_ingested(case_path) as case:
         case_id = str(case.attrs["case_id"])
         geometry = Geometry.from_attrs(case.attrs)
         nodules = reference_nodules(case, geometry)

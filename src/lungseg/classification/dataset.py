@@ -9,6 +9,7 @@ planes, or the axial one) windowed with ``hu_window`` to 0..1 and resized to ``i
 preprocessing inference uses (:func:`lungseg.training.preprocess.to_model_input`). ``target[t]`` is the
 class index of head ``t`` (``heads``: ``image`` = the readers' label, classes as
 :meth:`lungseg.classification.labels.LabelProtocol.classes`; ``pathology`` = benign 0 / malignant 1),
+``candidate`` = non_nodule 0 / nodule 1, the ``label`` of a candidate table of :mod:`lungseg.detection.candidates`),
 ``-1`` where that label is unknown (or indeterminate and excluded); rows unknown for every head are
 left out, so an image-only dataset holds exactly the labelled nodules.
 
@@ -38,6 +39,10 @@ from lungseg.training.preprocess import to_model_input
 
 PATCH_SUFFIX, TABLE_SUFFIX = ".patches.h5", ".nodules.tsv"
 PATHOLOGY_CLASSES = (BENIGN, MALIGNANT)
+#: classes of the candidate head (false-positive reduction): a detector's candidate that is no nodule, or one that is
+CANDIDATE_CLASSES = ("non_nodule", "nodule")
+#: per head: the class whose probability the classifier reports (its AUC's positive class)
+POSITIVE_CLASS = {"image": MALIGNANT, "pathology": MALIGNANT, "candidate": "nodule"}
 SCALE_RANGE = (0.9, 1.1)
 
 
@@ -56,7 +61,9 @@ def head_classes(head: str, indeterminate: str) -> tuple[str, ...]:
         return LabelProtocol(indeterminate=indeterminate).classes()
     if head == "pathology":
         return PATHOLOGY_CLASSES
-    raise ValueError(f"unknown classification head {head!r}; valid: image, pathology")
+    if head == "candidate":
+        return CANDIDATE_CLASSES
+    raise ValueError(f"unknown classification head {head!r}; valid: image, pathology, candidate")
 
 
 def read_case(patch_file: str | Path, table: str | Path | None = None) -> tuple[np.ndarray, list[dict]]:
@@ -179,7 +186,7 @@ class NoduleDataset(EpochSeeded, Dataset):
         self.rows = rows
 
     def _index(self, head: str, row: dict) -> int:
-        word = row["label"] if head == "image" else row["pathology"]
+        word = row["pathology"] if head == "pathology" else row["label"]
         classes = self.classes[head]
         return classes.index(word) if word in classes else -1
 

@@ -6,7 +6,8 @@ names another table for a single case); output: one TSV with one row per nodule,
 case <-> its patch i): ``case, patient, nodule, diameter_mm, at_edge, label, pathology`` copied from
 the table, then per head of the model(s) ``p_malignant`` (image head: the readers' malignancy) and / or
 ``p_pathology_malignant`` (pathology head), the probability of the class ``malignant`` averaged over the
-models, and ``models`` (how many were averaged). The patches get the preprocessing the models were trained
+models (a candidate classifier of :mod:`lungseg.detection`: ``p_nodule``, the probability that the candidate is
+a nodule), and ``models`` (how many were averaged). The patches get the preprocessing the models were trained
 with (planes, HU window, size: recorded in the model file).
 """
 
@@ -25,11 +26,11 @@ import torch
 from torch import nn
 
 from lungseg.atomic import write_text_atomic
-from lungseg.classification.dataset import model_input, read_case, table_of
+from lungseg.classification.dataset import POSITIVE_CLASS, model_input, read_case, table_of
 from lungseg.ingest.errors import IngestError
 
 #: output column of each head's malignancy probability
-PROBABILITY_COLUMNS = {"image": "p_malignant", "pathology": "p_pathology_malignant"}
+PROBABILITY_COLUMNS = {"image": "p_malignant", "pathology": "p_pathology_malignant", "candidate": "p_nodule"}
 COPIED = ("case", "patient", "nodule", "diameter_mm", "at_edge", "label", "pathology")
 #: what must agree between the models of an ensemble
 ENSEMBLE_KEYS = ("image_size", "hu_window")
@@ -61,7 +62,8 @@ def load_classifiers(paths: Sequence[str | Path]) -> tuple[list[nn.Module], dict
 @torch.no_grad()
 def predict_probabilities(models: Sequence[nn.Module], meta: dict[str, Any], patches: np.ndarray,
                           batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Head -> probability of ``malignant`` per patch (HU patches (N, 3, S, S)), the mean over ``models``."""
+    """Head -> probability of its positive class (``malignant``; a candidate head's ``nodule``) per patch (HU patches
+    (N, 3, S, S)), the mean over ``models``."""
     info = meta["classification"]
     x = model_input(patches, info["planes"], int(meta["image_size"]), meta["hu_window"])
     out = {head: np.zeros(len(x), dtype=np.float64) for head in info["heads"]}
@@ -69,7 +71,7 @@ def predict_probabilities(models: Sequence[nn.Module], meta: dict[str, Any], pat
         for start in range(0, len(x), batch_size):
             logits = model(x[start:start + batch_size])
             for head, classes in info["heads"].items():
-                prob = torch.softmax(logits[head].float(), dim=1)[:, classes.index("malignant")]
+                prob = torch.softmax(logits[head].float(), dim=1)[:, classes.index(POSITIVE_CLASS[head])]
                 out[head][start:start + batch_size] += prob.numpy() / len(models)
     return out
 

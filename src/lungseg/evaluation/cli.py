@@ -42,7 +42,7 @@ def _same_grid(a: Geometry, b: Geometry) -> bool:
     return all(np.allclose(getattr(a, k), getattr(b, k), atol=1e-3) for k in ("spacing", "origin", "direction"))
 
 
-def _read_probabilities(path: Path, case_path: Path, shape: tuple, geometry: Geometry) -> tuple[np.ndarray, float]:
+def read_probabilities(path: Path, case_path: Path, shape: tuple, geometry: Geometry) -> tuple[np.ndarray, float]:
     """A probability map on the case's grid as (array, scale): uint8 (any integer type) holds round(255 p),
     scale 255; a float map holds p in [0, 1], scale 1."""
     fix = ("give the map `lungseg predict` writes next to the mask (<case>.probabilities.nii.gz: uint8, 255 * p, "
@@ -95,7 +95,7 @@ def evaluate_case(case_path: Path, label: str, predictions: dict[str, Path], det
             raise IngestError(path, f"is not on the grid of {case_path} (shape {mask.shape} vs {reference.shape})",
                               "write predictions in the scan's own geometry (lungseg predict does)")
         masks[method] = mask
-    maps = {m: _read_probabilities(p, case_path, reference.shape, geometry) for m, p in probabilities.items()}
+    maps = {m: read_probabilities(p, case_path, reference.shape, geometry) for m, p in probabilities.items()}
     fold_column = {} if fold is None else {"fold": int(fold)}
     spacing_zyx = tuple(float(v) for v in geometry.spacing[::-1])
     ref_labels, n_ref = label_nodules(reference) if detection else (None, 0)

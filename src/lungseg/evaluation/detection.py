@@ -136,25 +136,21 @@ def match_nodules(pred: np.ndarray, ref_labels: np.ndarray, n_ref: int,
     }
 
 
-def find_candidates(probabilities: np.ndarray, ref_labels: np.ndarray, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
-                    scale: float = 1.0) -> list[list]:
-    """FROC candidates of one scan, highest score first: ``[score, nodule index or -1]`` each.
-
-    ``probabilities`` holds p * ``scale`` (``scale`` 255 for a uint8 map, 1 for a float one); a candidate
-    is a 26-connected component of p >= ``threshold``, its score the highest p in it, its nodule the
-    reference nodule (``ref_labels``: 1..n, index = label - 1) it overlaps most, or -1.
-    """
-    if probabilities.shape != ref_labels.shape:
-        raise ValueError(f"probability map shape {probabilities.shape} differs from reference shape {ref_labels.shape}")
+def candidate_labels(probabilities: np.ndarray, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+                     scale: float = 1.0) -> tuple[np.ndarray, int]:
+    """The candidates of a probability map (p * ``scale``): 26-connected components of p >= ``threshold``,
+    labelled 1..n in ``ndimage.label`` order (the candidate number), and n."""
     if np.issubdtype(probabilities.dtype, np.integer):
         above = probabilities >= math.ceil(threshold * scale - 1e-6)  # exact on the integer grid
     else:
         above = probabilities >= threshold * scale
     labels, n = ndimage.label(above, structure=_FULL)
-    if not n:
-        return []
-    index = np.arange(1, n + 1)
-    scores = np.asarray(ndimage.maximum(probabilities, labels, index), dtype=float) / scale
+    return labels, int(n)
+
+
+def candidate_hits(labels: np.ndarray, n: int, ref_labels: np.ndarray) -> np.ndarray:
+    """Per candidate number 0..n (0 unused): the reference nodule (index = label - 1) it overlaps most (ties:
+    the lower index), or -1."""
     hits = np.full(n + 1, -1, dtype=np.int64)
     both = (labels > 0) & (ref_labels > 0)
     if both.any():
@@ -166,5 +162,23 @@ def find_candidates(probabilities: np.ndarray, ref_labels: np.ndarray, threshold
         cand, nodule = cand[order], nodule[order]
         first = np.r_[True, cand[1:] != cand[:-1]]
         hits[cand[first]] = nodule[first] - 1
+    return hits
+
+
+def find_candidates(probabilities: np.ndarray, ref_labels: np.ndarray, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+                    scale: float = 1.0) -> list[list]:
+    """FROC candidates of one scan, highest score first: ``[score, nodule index or -1]`` each.
+
+    ``probabilities`` holds p * ``scale`` (``scale`` 255 for a uint8 map, 1 for a float one); a candidate
+    is a 26-connected component of p >= ``threshold`` (:func:`candidate_labels`), its score the highest p
+    in it, its nodule the reference nodule (``ref_labels``: 1..n, index = label - 1) it overlaps most, or -1.
+    """
+    if probabilities.shape != ref_labels.shape:
+        raise ValueError(f"probability map shape {probabilities.shape} differs from reference shape {ref_labels.shape}")
+    labels, n = candidate_labels(probabilities, threshold, scale)
+    if not n:
+        return []
+    scores = np.asarray(ndimage.maximum(probabilities, labels, np.arange(1, n + 1)), dtype=float) / scale
+    hits = candidate_hits(labels, n, ref_labels)
     order = np.argsort(-scores, kind="stable")
     return [[float(scores[i]), int(hits[i + 1])] for i in order]

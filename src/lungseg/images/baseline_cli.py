@@ -21,7 +21,7 @@ from lungseg.atomic import write_text_atomic
 from lungseg.casefile import QuarantinedCaseError, create_h5, read_case
 from lungseg.geometry import write_volume
 from lungseg.images.baseline import radiograph_lung_mask
-from lungseg.ingest.errors import IngestError
+from lungseg.ingest.errors import IngestError, quarantined_error
 from lungseg.lungmask.io import DATASET, FORMAT, FORMAT_VERSION
 from lungseg.lungmask.qa import lung_mask_qa
 
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         case = read_case(args.input, labels=False)
     except QuarantinedCaseError as exc:
-        raise IngestError(args.input, "was quarantined at ingest and holds no image",
-                          "fix the image (see the quarantine table) and re-run ingest") from exc
+        raise quarantined_error(args.input, "image") from exc
     if case.image.shape[0] != 1:
         raise IngestError(args.input, f"has {case.image.shape[0]} slices, not one 2-D image",
                           "use `lungseg lung-mask` for CT volumes")

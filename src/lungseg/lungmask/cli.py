@@ -17,7 +17,7 @@ import numpy as np
 from lungseg.atomic import write_text_atomic
 from lungseg.casefile import QuarantinedCaseError
 from lungseg.geometry import Geometry, write_volume
-from lungseg.ingest.errors import IngestError
+from lungseg.ingest.errors import quarantined_error
 from lungseg.lungmask.default import LungMaskResult, Threshold3DParams, lung_mask_threshold_3d
 from lungseg.lungmask.io import read_input, write_mask_h5
 from lungseg.lungmask.methods import DEFAULT_METHOD, DEPRECATED_METHODS, METHODS, resolve_method
@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         scan = read_input(args.input)
     except QuarantinedCaseError as exc:
-        raise IngestError(args.input, "was quarantined at ingest and holds no image",
-                          "fix the scan (see the quarantine table) and re-run ingest") from exc
+        raise quarantined_error(args.input) from exc
     params = Threshold3DParams(**{name: getattr(args, name) for name in MM_OPTIONS})
     result = compute_mask(scan.hu, scan.geometry, args.method, params)
     case_id = args.case_id if args.case_id is not None else scan.case_id

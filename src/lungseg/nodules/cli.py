@@ -19,7 +19,7 @@ import numpy as np
 from lungseg.atomic import write_text_atomic
 from lungseg.casefile import QuarantinedCaseError
 from lungseg.geometry import Geometry, read_volume, write_volume
-from lungseg.ingest.errors import IngestError
+from lungseg.ingest.errors import IngestError, quarantined_error
 from lungseg.lungmask.io import read_input
 from lungseg.nodules.classical import NoduleBaselineParams, NoduleCandidate, classical_nodule_candidates, paint_scores
 
@@ -90,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         scan = read_input(args.input)
     except QuarantinedCaseError as exc:
-        raise IngestError(args.input, "was quarantined at ingest and holds no image",
-                          "fix the scan (see the quarantine table) and re-run ingest") from exc
+        raise quarantined_error(args.input) from exc
     lung = read_lung_mask(args.lung_mask, scan.hu.shape, scan.geometry)
     start = time.perf_counter()
     params = NoduleBaselineParams(shell_mm=args.shell_mm)

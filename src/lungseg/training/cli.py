@@ -147,7 +147,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     c = parser.add_argument_group("classification (task classification: nodule malignancy on nodule patch files)")
     add(c, "task", "segmentation (case files) or classification (--train/--val: <case>.patches.h5, "
                    "<case>.nodules.tsv beside)")
-    add(c, "cls_task", "labels learnt: image (readers' malignancy), pathology (patient-level) or both (two-task network)")
+    add(c, "cls_task", "labels learnt: image (readers' malignancy), pathology (patient-level), both (two-task network) "
+                       "or candidate (a detector's candidates: nodule or not)")
     add(c, "sharing", "cls_task both: soft (own stems, learned combinations of later stages) or hard (one backbone, two heads)")
     add(c, "planes", "orthogonal (axial, coronal, sagittal as 3 channels) or axial (1 channel)")
     add(c, "dropout", "dropout before the final layer", type=float, metavar="P")

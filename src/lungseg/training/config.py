@@ -56,7 +56,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("segmentation", "classification")
 #: classification: which labels the network learns (image = readers' malignancy, pathology = the patient-level
 #: pathology diagnosis, both = the two tasks in one network, shared as ``sharing`` says)
-CLS_TASKS = ("image", "pathology", "both")
+CLS_TASKS = ("image", "pathology", "both", "candidate")
 SHARINGS = ("soft", "hard")
 PLANES = ("orthogonal", "axial")
 INDETERMINATE = ("exclude", "class")
@@ -140,7 +140,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto = on with CUDA
     sync_bn: bool = False  # SyncBatchNorm across DDP processes (CUDA only)
     deterministic: bool = False
-    cls_task: str = "image"  # classification: image (readers' malignancy), pathology, or both (two-task network)
+    cls_task: str = "image"  # classification: image (readers' malignancy), pathology, both (two-task network), candidate
     sharing: str = "soft"  # cls_task both: soft (own stems, cross-stitched later stages) or hard (one backbone, two heads)
     planes: str = "orthogonal"  # classification input: the 3 orthogonal planes as channels, or the axial plane alone
     dropout: float = 0.0  # classification: dropout before the final layer(s)
@@ -264,7 +264,7 @@ class TrainConfig:
         """Classification: task name -> number of classes of each output head, in output order."""
         image = 3 if self.indeterminate == "class" else 2
         return {"image": {"image": image}, "pathology": {"pathology": 2},
-                "both": {"image": image, "pathology": 2}}[self.cls_task]
+                "both": {"image": image, "pathology": 2}, "candidate": {"candidate": 2}}[self.cls_task]
 
     def model_kwargs(self) -> dict[str, Any]:
         if self.task == "classification":

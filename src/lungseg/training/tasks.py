@@ -186,7 +186,8 @@ def masked_cross_entropy(logits: dict[str, torch.Tensor], target: torch.Tensor, 
 
 
 class ClassificationTask(TaskHead):
-    """Nodule malignancy classification on nodule patch files (:mod:`lungseg.classification.dataset`)."""
+    """Nodule classification on nodule patch files (:mod:`lungseg.classification.dataset`): malignancy, or a
+    detector's candidates as nodule or not (``cls_task: candidate``, :mod:`lungseg.detection`)."""
 
     name = "classification"
     metric_fields = CLASSIFICATION_FIELDS
@@ -247,6 +248,7 @@ class ClassificationTask(TaskHead):
     def validate(self, ctx: Any) -> dict[str, float]:
         """Loss and metrics over the whole validation set: every rank's shard of logits lands in its rows of
         one (items x logits) tensor, summed over the ranks, so every rank computes the same metrics."""
+        from lungseg.classification.dataset import POSITIVE_CLASS
         from lungseg.evaluation.classification import accuracy, balanced_accuracy, roc_auc
 
         model, val_ds = ctx.model, ctx.val_loader.dataset.dataset
@@ -275,8 +277,8 @@ class ClassificationTask(TaskHead):
         for t, head in enumerate(val_ds.heads):
             known = val_ds.targets[:, t] >= 0
             y, prob = val_ds.targets[known, t], torch.softmax(logits[head][known], dim=1).numpy()
-            malignant = val_ds.classes[head].index("malignant")
-            aucs[head] = roc_auc((y == malignant).astype(np.int64), prob[:, malignant])
+            positive = val_ds.classes[head].index(POSITIVE_CLASS[head])
+            aucs[head] = roc_auc((y == positive).astype(np.int64), prob[:, positive])
             if t == 0:
                 pred = prob.argmax(axis=1)
                 row["val_accuracy"] = accuracy(y, pred)
@@ -294,7 +296,7 @@ class ClassificationTask(TaskHead):
     def model_file_info(self, config: TrainConfig) -> dict[str, Any]:
         from lungseg.classification.dataset import head_classes
 
-        return {"label": "malignancy", "roi": None,
+        return {"label": "nodule_candidate" if config.cls_task == "candidate" else "malignancy", "roi": None,
                 "input_spec": {"kind": "nodule_patches", "planes": config.planes},
                 "classification": {"heads": {h: list(head_classes(h, config.indeterminate)) for h in config.heads()},
                                    "planes": config.planes, "indeterminate": config.indeterminate,

@@ -1,0 +1,100 @@
+"""``lungseg rescore-candidates``: a scan's nodule mask and probability map with every candidate scored by the
+false-positive classifier.
+
+The candidates are found again in the network's probability map with the threshold ``lungseg candidates`` used
+(the same components, numbered alike), and each takes its classifier probability ``p_nodule`` from the ``lungseg
+classify`` table (rows of this case, ``nodule`` = candidate number; a count or numbering that differs is refused).
+
+- probability map (uint8, round(255 p), at least 1): every voxel of candidate c holds p_c, the rest 0. Read at
+  :data:`RESCORED_THRESHOLD` (the lowest non-zero value) it gives the FROC the same candidates, each scored by
+  the classifier; no candidate drops out, so the two-stage curve reaches the sensitivity of the first stage.
+- mask: the network's mask where it lies in a candidate with p_c >= ``--mask-threshold``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lungseg.casefile import open_ingested
+from lungseg.evaluation.cli import read_probabilities
+from lungseg.evaluation.detection import DEFAULT_CANDIDATE_THRESHOLD, candidate_labels
+from lungseg.geometry import Geometry, read_volume, write_volume
+from lungseg.ingest.errors import IngestError
+
+log = logging.getLogger("lungseg.detection")
+#: the candidate threshold of a rescored map (``lungseg evaluate --candidate-threshold``): every candidate
+RESCORED_THRESHOLD = 1.0 / 255.0
+FIX = "score the candidates of this case's `lungseg candidates` table with `lungseg classify`, at the same threshold"
+
+
+def candidate_scores(scores_path: Path, case_id: str, n: int) -> np.ndarray:
+    """p_nodule of candidates 1..n of ``case_id`` (index 0 unused, 0.0) from a ``lungseg classify`` table."""
+    with open(scores_path, newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if not {"case", "nodule", "p_nodule"} <= set(reader.fieldnames or ()):
+            raise IngestError(scores_path, "has no case / nodule / p_nodule columns (not the scores of a candidate "
+                              "classifier)", FIX)
+        rows = [r for r in reader if r["case"] == case_id]
+    numbers = sorted(int(r["nodule"]) for r in rows)
+    if numbers != list(range(1, n + 1)):
+        raise IngestError(scores_path, f"scores {len(rows)} candidate(s) of case {case_id}, its probability map has {n}",
+                          FIX)
+    scores = np.zeros(n + 1, dtype=np.float64)
+    for r in rows:
+        scores[int(r["nodule"])] = float(r["p_nodule"])
+    return scores
+
+
+def rescore(case_path: Path, mask_path: Path, probabilities_path: Path, scores_path: Path, out_mask: Path,
+            out_probabilities: Path, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+            mask_threshold: float = 0.5) -> tuple[int, int]:
+    """Write the rescored mask and probability map (see the module docstring); (candidates, candidates kept)."""
+    with open_ingested(case_path) as case:
+        case_id, geometry, shape = str(case.attrs["case_id"]), Geometry.from_attrs(case.attrs), case["image"].shape
+    volume, scale = read_probabilities(probabilities_path, case_path, shape, geometry)
+    mask, _ = read_volume(str(mask_path))
+    if mask.shape != shape:
+        raise IngestError(mask_path, f"is not on the grid of {case_path} (shape {mask.shape} vs {shape})",
+                          "give the mask `lungseg predict` wrote with the probability map")
+    labels, n = candidate_labels(volume, threshold, scale)
+    scores = candidate_scores(scores_path, case_id, n)
+    value = np.maximum(np.rint(255.0 * scores), 1.0).astype(np.uint8)
+    value[0] = 0  # outside every candidate
+    painted = value[labels]
+    kept = scores >= mask_threshold
+    kept[0] = False
+    write_volume(str(out_probabilities), painted, geometry)
+    write_volume(str(out_mask), ((mask > 0) & kept[labels]).astype(np.uint8), geometry)
+    return n, int(kept.sum())
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("case", type=Path, help="ingested case file (.h5): the scan's id and grid")
+    parser.add_argument("--mask", type=Path, required=True, help="the network's mask of the case (`lungseg predict -o`)")
+    parser.add_argument("--probabilities", type=Path, required=True, metavar="PROB",
+                        help="the network's probability map the candidates came from (`lungseg predict --probabilities`)")
+    parser.add_argument("--scores", type=Path, required=True, metavar="TSV",
+                        help="`lungseg classify` output of the candidate classifier (p_nodule per case and candidate)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="MASK", help="rescored mask to write (.nii.gz)")
+    parser.add_argument("--out-probabilities", type=Path, required=True, metavar="PROB",
+                        help="rescored probability map to write (.nii.gz, uint8 round(255 p_nodule) per candidate)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_CANDIDATE_THRESHOLD, metavar="P",
+                        help=f"the candidate threshold `lungseg candidates` used (default {DEFAULT_CANDIDATE_THRESHOLD})")
+    parser.add_argument("--mask-threshold", type=float, default=0.5, metavar="P",
+                        help="classifier probability at or above which a candidate stays in the mask (default 0.5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("threshold", "mask_threshold"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise SystemExit(f"lungseg rescore-candidates: error: --{name.replace('_', '-')} must be in [0, 1]")
+    n, kept = rescore(args.case, args.mask, args.probabilities, args.scores, args.output, args.out_probabilities,
+                      args.threshold, args.mask_threshold)
+    log.info("%d candidate(s), %d with p_nodule >= %g kept in the mask -> %s", n, kept, args.mask_threshold, args.output)
+    return 0
