@@ -194,6 +194,30 @@ def test_the_candidate_head_trains_in_the_classification_core_and_classify_repor
     nodule = [float(r["p_nodule"]) for r in rows if r["label"] == "nodule"]
     other = [float(r["p_nodule"]) for r in rows if r["label"] == "non_nodule"]
     assert min(nodule) > max(other) - 0.5 and np.mean(nodule) > np.mean(other)
+    # --flips all: the mean over the 16 flipped / swapped views of each patch
+    import torch
+
+    from lungseg.classification.dataset import model_input, read_case, transform_batch
+    from lungseg.classification.predict import FLIP_VIEWS, load_classifiers, predict_probabilities
+
+    models, meta = load_classifiers([model])
+    patches, _ = read_case(val_files[0])
+    x = model_input(patches, "orthogonal", 16, [-1000, 400])
+    by_hand = np.zeros(len(x))
+    with torch.no_grad():
+        for view in FLIP_VIEWS:
+            flipped = transform_batch(x, torch.tensor([view] * len(x)), torch.ones(len(x)))
+            by_hand += torch.softmax(models[0](flipped)["candidate"], dim=1)[:, 1].numpy() / 16
+    assert len(set(FLIP_VIEWS)) == 16 and not any(FLIP_VIEWS[0])
+    assert np.allclose(predict_probabilities(models, meta, patches, batch_size=5, flips=True)["candidate"], by_hand,
+                       atol=1e-5)
+    plain = predict_probabilities(models, meta, patches)["candidate"]
+    assert not np.allclose(plain, by_hand, atol=1e-4)
+    flipped_out = tmp_path / "flipped.tsv"
+    assert main(["classify", "--model", str(model), "--patches", str(val_files[0]), "--out", str(flipped_out),
+                 "--flips", "all"]) == 0
+    with open(flipped_out) as f:
+        assert np.allclose([float(r["p_nodule"]) for r in csv.DictReader(f, delimiter="\t")], by_hand, atol=2e-6)
 
 
 def _config(**detection) -> dict:

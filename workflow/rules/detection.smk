@@ -47,9 +47,11 @@ rule classify_candidates:
     conda:
         "../../envs/preprocess.yaml"
     threads: config["predict"]["threads"]
+    params:
+        flips=config["detection"]["flips"],
     shell:
         "lungseg classify --model {input.models:q} --patches {input.patches:q} --out {output:q} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --flips {params.flips} > {log:q} 2>&1"
 
 
 rule rescore_candidates:

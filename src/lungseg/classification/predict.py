@@ -7,8 +7,9 @@ case <-> its patch i): ``case, patient, nodule, diameter_mm, at_edge, label, pat
 the table, then per head of the model(s) ``p_malignant`` (image head: the readers' malignancy) and / or
 ``p_pathology_malignant`` (pathology head), the probability of the class ``malignant`` averaged over the
 models (a candidate classifier of :mod:`lungseg.detection`: ``p_nodule``, the probability that the candidate is
-a nodule), and ``models`` (how many were averaged). The patches get the preprocessing the models were trained
-with (planes, HU window, size: recorded in the model file).
+a nodule) and, with ``--flips all``, over the 16 flipped views of each patch, and ``models`` (how many were
+averaged). The patches get the preprocessing the models were trained with (planes, HU window, size: recorded in
+the model file).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from lungseg.atomic import write_text_atomic
-from lungseg.classification.dataset import POSITIVE_CLASS, model_input, read_case, table_of
+from lungseg.classification.dataset import POSITIVE_CLASS, model_input, read_case, table_of, transform_batch
 from lungseg.ingest.errors import IngestError
 
 #: output column of each head's malignancy probability
@@ -59,20 +61,29 @@ def load_classifiers(paths: Sequence[str | Path]) -> tuple[list[nn.Module], dict
     return models, first[0]
 
 
+#: ``--flips all``: every combination of the flips along x, y, z and the x <-> y swap (the training
+#: augmentation's exact moves, :func:`lungseg.classification.dataset.transform_batch`), the identity first
+FLIP_VIEWS = tuple(itertools.product((False, True), repeat=4))
+
+
 @torch.no_grad()
 def predict_probabilities(models: Sequence[nn.Module], meta: dict[str, Any], patches: np.ndarray,
-                          batch_size: int = 64) -> dict[str, np.ndarray]:
+                          batch_size: int = 64, flips: bool = False) -> dict[str, np.ndarray]:
     """Head -> probability of its positive class (``malignant``; a candidate head's ``nodule``) per patch (HU patches
-    (N, 3, S, S)), the mean over ``models``."""
+    (N, 3, S, S)), the mean over ``models`` and, with ``flips``, over the 16 views of :data:`FLIP_VIEWS`."""
     info = meta["classification"]
     x = model_input(patches, info["planes"], int(meta["image_size"]), meta["hu_window"])
     out = {head: np.zeros(len(x), dtype=np.float64) for head in info["heads"]}
+    views = FLIP_VIEWS if flips else FLIP_VIEWS[:1]
     for model in models:
         for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size])
-            for head, classes in info["heads"].items():
-                prob = torch.softmax(logits[head].float(), dim=1)[:, classes.index(POSITIVE_CLASS[head])]
-                out[head][start:start + batch_size] += prob.numpy() / len(models)
+            batch = x[start:start + batch_size]
+            for view in views:
+                flags = torch.tensor([view] * len(batch), dtype=torch.bool)
+                logits = model(transform_batch(batch, flags, torch.ones(len(batch))) if any(view) else batch)
+                for head, classes in info["heads"].items():
+                    prob = torch.softmax(logits[head].float(), dim=1)[:, classes.index(POSITIVE_CLASS[head])]
+                    out[head][start:start + batch_size] += prob.numpy() / (len(models) * len(views))
     return out
 
 
@@ -84,10 +95,10 @@ def classify_case(model_paths: Sequence[str | Path], patch_file: str | Path, tab
 
 
 def classify_with(models: Sequence[nn.Module], meta: dict[str, Any], patch_file: str | Path, table: str | Path,
-                  batch_size: int = 64) -> list[dict[str, str]]:
+                  batch_size: int = 64, flips: bool = False) -> list[dict[str, str]]:
     """The prediction rows of one case with loaded classifiers (:func:`load_classifiers`)."""
     patches, rows = read_case(patch_file, table)
-    probs = predict_probabilities(models, meta, patches, batch_size)
+    probs = predict_probabilities(models, meta, patches, batch_size, flips)
     out = []
     for i, row in enumerate(rows):
         record = {k: _text(row[k]) for k in COPIED}
@@ -126,6 +137,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="PREDICTIONS.tsv", help="per-nodule probabilities")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="patches per forward pass (default: 64)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--flips", choices=("none", "all"), default="none",
+                        help="test-time augmentation: all = the mean over the 16 flips of x, y, z and the x-y swap "
+                             "(16x the time; default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for patch_file in args.patches:
         try:
-            rows += classify_with(models, meta, patch_file, args.table or table_of(patch_file), args.batch_size)
+            rows += classify_with(models, meta, patch_file, args.table or table_of(patch_file), args.batch_size,
+                                  args.flips == "all")
         except IngestError:
             raise
         except (FileNotFoundError, ValueError) as exc:  # missing or mismatched patch file / table: one line
