@@ -31,7 +31,7 @@ from lungseg.evaluation.classification import classification_summary
 from lungseg.ingest.errors import IngestError
 
 #: task -> (target column, probability column of ``lungseg classify``: its PROBABILITY_COLUMNS, not imported to
-#: keep torch out of this command)
+#: keep torch out of this command); the malignancy tasks only (a candidate classifier is measured by the FROC)
 TASKS = {"image": ("label", "p_malignant"), "pathology": ("pathology", "p_pathology_malignant")}
 REQUIRED = ("case", "patient", "nodule", "label", "pathology")
 TARGET = {BENIGN: 0, MALIGNANT: 1}
