@@ -18,8 +18,7 @@ from lungseg.classification.dataset import NoduleDataset
 from lungseg.classification.nodule_table import read_nodule_table, write_nodule_table
 from lungseg.classification.patches import read_patches, write_patches
 from lungseg.cli import main
-from lungseg.detection.rescore import RESCORED_THRESHOLD
-from lungseg.detection.settings import CANDIDATE_CLASSIFIER, candidate_classifier, two_stage_method
+from lungseg.detection.settings import CANDIDATE_CLASSIFIER, RESCORED_THRESHOLD, candidate_classifier, two_stage_method
 from lungseg.evaluation.detection import find_candidates, label_nodules
 from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.training.config import TrainConfig

@@ -17,6 +17,8 @@ from lungseg.experiments import reference_experiment, resolve_experiments
 from lungseg.classification.experiments import reference_classifier, resolve_classifiers
 from lungseg.detection.settings import (
     CANDIDATE_CLASSIFIER,
+    CLASSICAL_DETECTOR,
+    RESCORED_THRESHOLD,
     candidate_classifier,
     candidate_experiment,
     two_stage_method,
@@ -69,7 +71,7 @@ TRAINED = {**EXPERIMENTS, **CLASSIFIERS, **CANDIDATE_CLASSIFIERS}
 #: k-fold cross-validation: one model per fold and experiment (1: one train/val split)
 FOLDS = config["split"]["folds"]
 #: the classical nodule detector's name in the metrics (the nodule target's baseline)
-NODULE_BASELINE = "classical_nodule"
+NODULE_BASELINE = CLASSICAL_DETECTOR
 
 
 wildcard_constraints:

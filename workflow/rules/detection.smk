@@ -94,7 +94,7 @@ rule evaluate_detection:
         pred=lambda wildcards, input: ["--pred", f"{TWO_STAGE}={input.pred}"],
         probabilities=lambda wildcards, input: ["--probabilities", f"{TWO_STAGE}={input.probabilities}"],
         # every candidate of the rescored map (its lowest value, 1/255): the FROC ranks the first stage's candidates
-        threshold=1.0 / 255.0,
+        threshold=RESCORED_THRESHOLD,
     shell:
         "lungseg evaluate --case {input.case:q} --label nodule {params.pred:q} {params.probabilities:q} --no-baseline"
         " --detection --candidate-threshold {params.threshold} -o {output:q} > {log:q} 2>&1"

@@ -6,8 +6,9 @@ The candidates are found again in the network's probability map with the thresho
 classify`` table (rows of this case, ``nodule`` = candidate number; a count or numbering that differs is refused).
 
 - probability map (uint8, round(255 p), at least 1): every voxel of candidate c holds p_c, the rest 0. Read at
-  :data:`RESCORED_THRESHOLD` (the lowest non-zero value) it gives the FROC the same candidates, each scored by
-  the classifier; no candidate drops out, so the two-stage curve reaches the sensitivity of the first stage.
+  :data:`lungseg.detection.settings.RESCORED_THRESHOLD` (the lowest non-zero value) it gives the FROC the same
+  candidates, each scored by the classifier; no candidate drops out, so the two-stage curve reaches the
+  sensitivity of the first stage.
 - mask: the network's mask where it lies in a candidate with p_c >= ``--mask-threshold``.
 """
 
@@ -27,8 +28,6 @@ from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.ingest.errors import IngestError
 
 log = logging.getLogger("lungseg.detection")
-#: the candidate threshold of a rescored map (``lungseg evaluate --candidate-threshold``): every candidate
-RESCORED_THRESHOLD = 1.0 / 255.0
 FIX = "score the candidates of this case's `lungseg candidates` table with `lungseg classify`, at the same threshold"
 
 

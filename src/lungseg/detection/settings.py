@@ -3,8 +3,8 @@
 The classifier is built as a classifier of ``classification`` (:mod:`lungseg.classification.experiments`): the
 ``train:`` keys that say how a job runs, the classifier defaults (``image_size`` = ``detection.patch_size``),
 then :data:`CANDIDATE_DEFAULTS`, then ``detection.classifier``; checked against the schema's train section like
-every experiment. It is named
-:data:`CANDIDATE_CLASSIFIER` and trains through rule ``train`` in ``results/experiments/candidate_classifier``.
+every experiment. It is named :data:`CANDIDATE_CLASSIFIER` and trains through rule ``train`` in
+``results/experiments/candidate_classifier``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def candidate_classifier(config: Mapping[str, Any], schema: Mapping[str, Any] | 
 
 #: the classical nodule detector (lungseg nodule-baseline), a candidate source besides the experiments
 CLASSICAL_DETECTOR = "classical_nodule"
+#: the candidate threshold of a rescored map (``lungseg rescore-candidates`` paints every candidate at least 1/255):
+#: ``lungseg evaluate --candidate-threshold`` of the two-stage method, so every first-stage candidate counts
+RESCORED_THRESHOLD = 1.0 / 255.0
 
 
 def candidate_experiment(config: Mapping[str, Any], segmentation: Mapping[str, Any], reference: str) -> str:
