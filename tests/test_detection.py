@@ -150,6 +150,65 @@ def test_scores_of_another_candidate_count_are_refused(tmp_path: Path, capsys) -
     assert not (tmp_path / "r.nii.gz").exists()
 
 
+def test_rescore_with_the_product_score_and_with_a_score_choice_file(tmp_path: Path, capsys) -> None:
+    case, prob, mask = _scene(tmp_path)
+    scores = _scores(tmp_path / "scores.tsv", "C1", [0.9, 0.2, 0.0001, 0.7])
+    common = ["rescore-candidates", str(case), "--mask", str(mask), "--probabilities", str(prob), "--scores", str(scores),
+              "-o", str(tmp_path / "r.nii.gz"), "--out-probabilities", str(tmp_path / "r.probabilities.nii.gz")]
+    assert main([*common, "--score", "product"]) == 0
+    rescored = read_volume(str(tmp_path / "r.probabilities.nii.gz"))[0]
+    # p_nodule x the candidate's mean first-stage p (each candidate is uniform: 180, 230, 200, 60 / 255)
+    assert rescored[1, 31, 6] == round(0.9 * 180) and rescored[4, 9, 9] == round(0.2 * 230)
+    assert rescored[6, 27, 25] == 1 and rescored[5, 27, 30] == round(0.7 * 60)
+    assert not read_volume(str(tmp_path / "r.nii.gz"))[0][4:8].any()  # 0.635 kept, 0.165 not
+    choice = tmp_path / "score.json"
+    choice.write_text(json.dumps({"chosen": "product"}))
+    assert main([*common, "--score-choice", str(choice)]) == 0
+    assert np.array_equal(read_volume(str(tmp_path / "r.probabilities.nii.gz"))[0], rescored)
+    choice.write_text(json.dumps({"chosen": "mean"}))
+    assert main([*common, "--score-choice", str(choice)]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "score.json: names the score 'mean', not one of classifier, product" in error[0]
+
+
+def _choose(tmp_path: Path, case: Path, prob: Path, p: list[float], *extra: str) -> dict:
+    scores = _scores(tmp_path / "validation.scores.tsv", "C1", p)
+    out = tmp_path / "score.json"
+    assert main(["choose-detection-score", "--case", str(case), "--probabilities", str(prob), "--scores", str(scores),
+                 "--out", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_the_score_is_chosen_by_the_validation_froc(tmp_path: Path) -> None:
+    case, prob, _ = _scene(tmp_path)
+    # the classifier puts the false candidate (1, first-stage p 0.71) above the nodules' (0.90, 0.78, 0.24); times
+    # the first stage's mean p the nodule candidates 2 and 3 come first: the product has the higher CPM
+    choice = _choose(tmp_path, case, prob, [0.6, 0.55, 0.55, 0.1])
+    assert choice["chosen"] == "product" and choice["n_scans"] == 1 and choice["n_nodules"] == 2
+    assert choice["froc"]["product"]["cpm"] == 1.0 > choice["froc"]["classifier"]["cpm"]
+    assert set(choice["froc"]) == {"first_stage", "classifier", "product"} and "CPM" in choice["reason"]
+    # the same ranking by both: a tie goes to the classifier alone
+    assert _choose(tmp_path, case, prob, [0.1, 0.9, 0.8, 0.7])["chosen"] == "classifier"
+    # set in the configuration: that score, the FROCs still measured
+    forced = _choose(tmp_path, case, prob, [0.6, 0.55, 0.55, 0.1], "--score", "classifier")
+    assert forced["chosen"] == "classifier" and forced["froc"]["product"]["cpm"] == 1.0
+
+
+def test_without_validation_nodules_the_classifier_score_is_named(tmp_path: Path) -> None:
+    from lungseg.detection.score import choose
+
+    assert choose([])["chosen"] == "classifier" and "no validation nodule" in choose([])["reason"]
+    image = np.full(SHAPE, -800, np.int16)
+    write_case(tmp_path / "C1.h5", CaseVolume("C1", image, GEOMETRY))  # no nodule label: left out
+    write_volume(str(tmp_path / "p.nii.gz"), np.zeros(SHAPE, np.uint8), GEOMETRY)
+    choice = _choose(tmp_path, tmp_path / "C1.h5", tmp_path / "p.nii.gz", [])
+    assert choice["chosen"] == "classifier" and choice["n_scans"] == 0
+    with pytest.raises(SystemExit, match=r"^lungseg choose-detection-score: error: 1 --case file\(s\) but 0 --prob"):
+        main(["choose-detection-score", "--case", str(tmp_path / "C1.h5"), "--probabilities", "--scores",
+              "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
 def _candidate_files(folder: Path, n_cases: int, seed: int) -> list[Path]:
     """Candidate patch files: nodules are bright discs, false candidates elongated bright bars (vessels)."""
     rng = np.random.default_rng(seed)

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "nodule candidates of a network's probability map: table + 2.5-D patches, for false-positive reduction"),
     "classify": ("lungseg.classification.predict",
                  "malignancy (or candidate: nodule) probability of each nodule of a case (a model or fold ensemble)"),
+    "choose-detection-score": ("lungseg.detection.score",
+                               "the two-stage detector's candidate score with the best validation FROC (JSON)"),
     "rescore-candidates": ("lungseg.detection.rescore",
                            "a scan's nodule mask and probability map with each candidate scored by the candidate classifier"),
     "diagnose": ("lungseg.classification.diagnose",

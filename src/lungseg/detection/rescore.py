@@ -4,6 +4,9 @@ false-positive classifier.
 The candidates are found again in the network's probability map with the threshold ``lungseg candidates`` used
 (the same components, numbered alike), and each takes its classifier probability ``p_nodule`` from the ``lungseg
 classify`` table (rows of this case, ``nodule`` = candidate number; a count or numbering that differs is refused).
+Its score p_c is ``--score`` of :mod:`lungseg.detection.score` (``classifier``: p_nodule; ``product``: p_nodule
+times the network's mean probability over the candidate), or the one ``--score-choice`` names (the file ``lungseg
+choose-detection-score`` wrote from the validation scans).
 
 - probability map (uint8, round(255 p), at least 1): every voxel of candidate c holds p_c, the rest 0. Read at
   :data:`lungseg.detection.settings.RESCORED_THRESHOLD` (the lowest non-zero value) it gives the FROC the same
@@ -15,43 +18,22 @@ classify`` table (rows of this case, ``nodule`` = candidate number; a count or n
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from lungseg.casefile import open_ingested
+from lungseg.detection.score import DEFAULT_SCORE, SCORES, classifier_scores, combine, first_stage_means, read_choice
 from lungseg.evaluation.cli import read_probabilities
 from lungseg.evaluation.detection import DEFAULT_CANDIDATE_THRESHOLD, candidate_labels
 from lungseg.geometry import Geometry, read_volume, write_volume
 from lungseg.ingest.errors import IngestError
 
 log = logging.getLogger("lungseg.detection")
-FIX = "score the candidates of this case's `lungseg candidates` table with `lungseg classify`, at the same threshold"
-
-
-def candidate_scores(scores_path: Path, case_id: str, n: int) -> np.ndarray:
-    """p_nodule of candidates 1..n of ``case_id`` (index 0 unused, 0.0) from a ``lungseg classify`` table."""
-    with open(scores_path, newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        if not {"case", "nodule", "p_nodule"} <= set(reader.fieldnames or ()):
-            raise IngestError(scores_path, "has no case / nodule / p_nodule columns (not the scores of a candidate "
-                              "classifier)", FIX)
-        rows = [r for r in reader if r["case"] == case_id]
-    numbers = sorted(int(r["nodule"]) for r in rows)
-    if numbers != list(range(1, n + 1)):
-        raise IngestError(scores_path, f"scores {len(rows)} candidate(s) of case {case_id}, its probability map has {n}",
-                          FIX)
-    scores = np.zeros(n + 1, dtype=np.float64)
-    for r in rows:
-        scores[int(r["nodule"])] = float(r["p_nodule"])
-    return scores
-
-
 def rescore(case_path: Path, mask_path: Path, probabilities_path: Path, scores_path: Path, out_mask: Path,
             out_probabilities: Path, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
-            mask_threshold: float = 0.5) -> tuple[int, int]:
+            mask_threshold: float = 0.5, score: str = DEFAULT_SCORE) -> tuple[int, int]:
     """Write the rescored mask and probability map (see the module docstring); (candidates, candidates kept)."""
     with open_ingested(case_path) as case:
         case_id, geometry, shape = str(case.attrs["case_id"]), Geometry.from_attrs(case.attrs), case["image"].shape
@@ -61,7 +43,7 @@ def rescore(case_path: Path, mask_path: Path, probabilities_path: Path, scores_p
         raise IngestError(mask_path, f"is not on the grid of {case_path} (shape {mask.shape} vs {shape})",
                           "give the mask `lungseg predict` wrote with the probability map")
     labels, n = candidate_labels(volume, threshold, scale)
-    scores = candidate_scores(scores_path, case_id, n)
+    scores = combine(score, classifier_scores([scores_path], case_id, n), first_stage_means(volume, labels, n, scale))
     value = np.maximum(np.rint(255.0 * scores), 1.0).astype(np.uint8)
     value[0] = 0  # outside every candidate
     painted = value[labels]
@@ -85,7 +67,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=DEFAULT_CANDIDATE_THRESHOLD, metavar="P",
                         help=f"the candidate threshold `lungseg candidates` used (default {DEFAULT_CANDIDATE_THRESHOLD})")
     parser.add_argument("--mask-threshold", type=float, default=0.5, metavar="P",
-                        help="classifier probability at or above which a candidate stays in the mask (default 0.5)")
+                        help="candidate score at or above which a candidate stays in the mask (default 0.5)")
+    score = parser.add_mutually_exclusive_group()
+    score.add_argument("--score", choices=SCORES, default=None,
+                       help=f"the candidate score: classifier (p_nodule) or product (p_nodule x the network's mean "
+                       f"probability over the candidate); default {DEFAULT_SCORE}")
+    score.add_argument("--score-choice", type=Path, default=None, metavar="JSON",
+                       help="the score named by this `lungseg choose-detection-score` file (chosen on validation scans)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     for name in ("threshold", "mask_threshold"):
         if not 0 <= getattr(args, name) <= 1:
             raise SystemExit(f"lungseg rescore-candidates: error: --{name.replace('_', '-')} must be in [0, 1]")
+    score = read_choice(args.score_choice) if args.score_choice else (args.score or DEFAULT_SCORE)
     n, kept = rescore(args.case, args.mask, args.probabilities, args.scores, args.output, args.out_probabilities,
-                      args.threshold, args.mask_threshold)
-    log.info("%d candidate(s), %d with p_nodule >= %g kept in the mask -> %s", n, kept, args.mask_threshold, args.output)
+                      args.threshold, args.mask_threshold, score)
+    log.info("%d candidate(s) scored by %s, %d with a score >= %g kept in the mask -> %s", n, score, kept,
+             args.mask_threshold, args.output)
     return 0
