@@ -77,6 +77,12 @@ def test_two_stage_detection_rescores_the_candidates_of_the_test_scans(nodule_ru
     comparison = json.loads((results / "comparison/comparison.json").read_text())
     assert comparison["methods"]["classical_nodule_fp_reduced"]["kind"] == "experiment"
     assert "lungseg rescore-candidates" in log and "--candidate-threshold 0.00392" in log
+    # the candidate score chosen on the validation scans' candidates (one fold: the val split), never the test scans
+    choice = json.loads((results / "detection/score.json").read_text())
+    validation = [line.split("\t")[0] for line in (results / "split.tsv").read_text().splitlines()[1:] if "\tval\t" in line]
+    assert choice["chosen"] in ("classifier", "product") and choice["n_scans"] == len(validation)
+    scored = (results / "detection/validation/0.scores.tsv").read_text().splitlines()[1:]
+    assert {row.split("\t")[0] for row in scored} == set(validation) and "--score-choice" in log
 
 
 def test_sliding_window_predictions_baseline_froc_and_report(nodule_run) -> None:

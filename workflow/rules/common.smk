@@ -467,14 +467,34 @@ def candidate_maps(case, out_of_fold=False):
     return {"mask": f"{folder}/{case}.nii.gz", "probabilities": f"{folder}/{case}.probabilities.nii.gz"}
 
 
-def candidate_source(wildcards):
+def candidate_probabilities(case):
     """The probability map a case's candidates come from: the candidate experiment's test prediction (fold
     ensemble) for a test case, else with k folds its out-of-fold prediction (a model that did not train on the
     case, as at test time), else its prediction by the one model (that trained on the training cases); or the
     classical detector's score map."""
-    out_of_fold = FOLDS > 1 and wildcards.case not in cases_in("test")
-    maps = candidate_maps(wildcards.case, out_of_fold)
-    return {"probabilities": maps["probabilities"], "split": f"{RESULTS}/split.tsv"}
+    out_of_fold = FOLDS > 1 and case not in cases_in("test")
+    return candidate_maps(case, out_of_fold)["probabilities"]
+
+
+def candidate_source(wildcards):
+    """The inputs of the candidates rule: the case's candidate map (:func:`candidate_probabilities`) and the split."""
+    return {"probabilities": candidate_probabilities(wildcards.case), "split": f"{RESULTS}/split.tsv"}
+
+
+def validation_folds():
+    """The folds with validation cases (one fold: the val split; k folds: each fold's own cases)."""
+    return [fold for fold in range(FOLDS) if fold_split(fold)[1]]
+
+
+def validation_candidate_inputs(wildcards):
+    """The inputs of choose_detection_score: the validation scans' case files and first-stage maps (those their
+    candidates came from), and each fold's candidate classifier scores of them."""
+    cases = [case for fold in validation_folds() for case in fold_split(fold)[1]]
+    return {
+        "cases": [case_file(case) for case in cases],
+        "probabilities": [candidate_probabilities(case) for case in cases],
+        "scores": [f"{RESULTS}/detection/validation/{fold}.scores.tsv" for fold in validation_folds()],
+    }
 
 
 def detection_outputs():

@@ -1,8 +1,9 @@
 # Two-stage nodule detection (config detection; docs/how-to/nodule-segmentation.md): the candidates of a
-# segmentation experiment's probability map (or the classical detector's score map) become 2.5-D patches (every case), the candidate classifier trains on
-# the training cases' candidates through rule train (workflow/rules/train.smk), its fold ensemble scores the test
-# cases' candidates, and each test scan's mask and probability map are rewritten with those scores and evaluated as
-# the method <candidates>_fp_reduced.
+# segmentation experiment's probability map (or the classical detector's score map) become 2.5-D patches (every
+# case), the candidate classifier trains on the training cases' candidates through rule train
+# (workflow/rules/train.smk), each fold's classifier scores its validation cases' candidates and the candidate score
+# (classifier or product) is chosen on them, the fold ensemble scores the test cases' candidates, and each test
+# scan's mask and probability map are rewritten with those scores and evaluated as the method <candidates>_fp_reduced.
 
 
 rule candidates:
@@ -54,11 +55,52 @@ rule classify_candidates:
         " --flips {params.flips} > {log:q} 2>&1"
 
 
+rule classify_validation_candidates:
+    input:
+        model=f"{RESULTS}/experiments/{CANDIDATE_CLASSIFIER}/folds/{{fold}}/model.pt",
+        patches=lambda wildcards: [candidate_patch_file(c) for c in fold_split(wildcards.fold)[1]],
+    output:
+        f"{RESULTS}/detection/validation/{{fold}}.scores.tsv",
+    log:
+        "logs/classify_validation_candidates/{fold}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classify_validation_candidates/{{fold}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: config["predict"]["threads"]
+    params:
+        flips=config["detection"]["flips"],
+    shell:
+        "lungseg classify --model {input.model:q} --patches {input.patches:q} --out {output:q} --threads {threads}"
+        " --flips {params.flips} > {log:q} 2>&1"
+
+
+rule choose_detection_score:
+    input:
+        unpack(validation_candidate_inputs),
+    output:
+        f"{RESULTS}/detection/score.json",
+    log:
+        "logs/choose_detection_score/choose_detection_score.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/choose_detection_score/choose_detection_score.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    params:
+        score=config["detection"]["score"],
+        threshold=config["detection"]["candidate_threshold"],
+    shell:
+        "lungseg choose-detection-score --case {input.cases:q} --probabilities {input.probabilities:q}"
+        " --scores {input.scores:q} --out {output:q} --threshold {params.threshold} --score {params.score}"
+        " > {log:q} 2>&1"
+
+
 rule rescore_candidates:
     input:
         unpack(lambda wildcards: candidate_maps(wildcards.case)),
         case=f"{RESULTS}/ingest/{{case}}.h5",
         scores=f"{RESULTS}/detection/scores.tsv",
+        score_choice=f"{RESULTS}/detection/score.json",
     output:
         mask=f"{RESULTS}/detection/predictions/{{case}}.nii.gz",
         probabilities=f"{RESULTS}/detection/predictions/{{case}}.probabilities.nii.gz",
@@ -73,7 +115,7 @@ rule rescore_candidates:
         mask_threshold=config["detection"]["mask_threshold"],
     shell:
         "lungseg rescore-candidates {input.case:q} --mask {input.mask:q} --probabilities {input.probabilities:q}"
-        " --scores {input.scores:q} -o {output.mask:q} --out-probabilities {output.probabilities:q}"
+        " --scores {input.scores:q} --score-choice {input.score_choice:q} -o {output.mask:q} --out-probabilities {output.probabilities:q}"
         " --threshold {params.threshold} --mask-threshold {params.mask_threshold} > {log:q} 2>&1"
 
 
