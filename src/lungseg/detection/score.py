@@ -33,7 +33,13 @@ from scipy import ndimage
 
 from lungseg.casefile import open_ingested
 from lungseg.evaluation.cli import read_probabilities
-from lungseg.evaluation.detection import DEFAULT_CANDIDATE_THRESHOLD, candidate_hits, candidate_labels, label_nodules
+from lungseg.evaluation.detection import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    candidate_hits,
+    candidate_labels,
+    candidate_maxima,
+    label_nodules,
+)
 from lungseg.evaluation.froc import froc_summary
 from lungseg.geometry import Geometry
 from lungseg.ingest.errors import IngestError
@@ -116,11 +122,9 @@ def validation_candidates(case_path: Path, probabilities_path: Path, scores_path
     hits = candidate_hits(labels, n, reference)[1:]
     p_nodule = classifier_scores(scores_paths, case_id, n)
     means = first_stage_means(volume, labels, n, scale)
-    maxima = np.zeros(n + 1)
-    if n:
-        maxima[1:] = np.asarray(ndimage.maximum(volume, labels, np.arange(1, n + 1)), dtype=np.float64) / scale
-    by_score = {FIRST_STAGE: maxima} | {name: combine(name, p_nodule, means) for name in SCORES}
-    return {name: [[float(s), int(h)] for s, h in zip(values[1:], hits)] for name, values in by_score.items()}, n_reference
+    by_score = {FIRST_STAGE: candidate_maxima(volume, labels, n, scale)}
+    by_score |= {name: combine(name, p_nodule, means)[1:] for name in SCORES}
+    return {name: [[float(s), int(h)] for s, h in zip(values, hits)] for name, values in by_score.items()}, n_reference
 
 
 def choose(scans: Sequence[tuple[dict[str, list[list[float]]], int]], samples: int = 200) -> dict:

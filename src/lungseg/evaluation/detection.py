@@ -165,6 +165,13 @@ def candidate_hits(labels: np.ndarray, n: int, ref_labels: np.ndarray) -> np.nda
     return hits
 
 
+def candidate_maxima(probabilities: np.ndarray, labels: np.ndarray, n: int, scale: float = 1.0) -> np.ndarray:
+    """The highest p of candidates 1..n (``probabilities`` holds p * ``scale``): the FROC's candidate scores."""
+    if not n:
+        return np.zeros(0)
+    return np.asarray(ndimage.maximum(probabilities, labels, np.arange(1, n + 1)), dtype=float) / scale
+
+
 def find_candidates(probabilities: np.ndarray, ref_labels: np.ndarray, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
                     scale: float = 1.0) -> list[list]:
     """FROC candidates of one scan, highest score first: ``[score, nodule index or -1]`` each.
@@ -178,7 +185,7 @@ def find_candidates(probabilities: np.ndarray, ref_labels: np.ndarray, threshold
     labels, n = candidate_labels(probabilities, threshold, scale)
     if not n:
         return []
-    scores = np.asarray(ndimage.maximum(probabilities, labels, np.arange(1, n + 1)), dtype=float) / scale
+    scores = candidate_maxima(probabilities, labels, n, scale)
     hits = candidate_hits(labels, n, ref_labels)
     order = np.argsort(-scores, kind="stable")
     return [[float(scores[i]), int(hits[i + 1])] for i in order]
