@@ -20,6 +20,7 @@ import argparse
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,21 +58,44 @@ def candidate_nodules(labels: np.ndarray, n: int, geometry: Geometry) -> list[Re
     return out
 
 
+@dataclass
+class ScanCandidates:
+    """A scan's candidates (:func:`scan_candidates`)."""
+
+    case_id: str
+    geometry: Geometry
+    volume: np.ndarray  # the probability map, p * scale
+    scale: float
+    labels: np.ndarray  # candidate numbers 1..n, 0 outside every candidate
+    n: int
+    hits: np.ndarray | None  # per candidate number 0..n: the reference nodule it overlaps most or -1; None: no label
+    n_reference: int
+
+
+def scan_candidates(case_path: Path, probabilities_path: Path, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+                    match_reference: bool = True) -> ScanCandidates:
+    """The candidates of a case's probability map (:func:`lungseg.evaluation.detection.candidate_labels`), and
+    with ``match_reference`` the reference nodule each overlaps (when the case has a nodule label)."""
+    with open_ingested(case_path) as case:
+        case_id, geometry, shape = str(case.attrs["case_id"]), Geometry.from_attrs(case.attrs), case["image"].shape
+        labelled = match_reference and "labels" in case and "nodule" in case["labels"]
+        reference, n_reference = label_nodules(case["labels/nodule"][()]) if labelled else (None, 0)
+    volume, scale = read_probabilities(probabilities_path, case_path, shape, geometry)
+    labels, n = candidate_labels(volume, threshold, scale)
+    hits = candidate_hits(labels, n, reference) if reference is not None else None
+    return ScanCandidates(case_id, geometry, volume, scale, labels, n, hits, n_reference)
+
+
 def write_candidates(case_path: Path, probabilities_path: Path, out_patches: Path, out_table: Path, settings: dict,
                      threshold: float = DEFAULT_CANDIDATE_THRESHOLD, patient: str | None = None,
                      with_reference: bool = False) -> list[dict[str, str]]:
     """Write the candidate patches and table of one scan (see the module docstring); the table rows."""
     patch_mm, size = float(settings["patch_mm"]), int(settings["patch_size"])
+    found = scan_candidates(case_path, probabilities_path, threshold)
+    geometry, n, hits = found.geometry, found.n, found.hits
+    nodules = candidate_nodules(found.labels, n, geometry)
+    labels_of = ["" if hits is None else (NODULE if hits[i + 1] >= 0 else NON_NODULE) for i in range(n)]
     with open_ingested(case_path) as case:
-        case_id = str(case.attrs["case_id"])
-        geometry = Geometry.from_attrs(case.attrs)
-        shape = case["image"].shape
-        volume, scale = read_probabilities(probabilities_path, case_path, shape, geometry)
-        labels, n = candidate_labels(volume, threshold, scale)
-        has_reference = "labels" in case and "nodule" in case["labels"]
-        hits = candidate_hits(labels, n, label_nodules(case["labels/nodule"][()])[0]) if has_reference else None
-        nodules = candidate_nodules(labels, n, geometry)
-        labels_of = ["" if hits is None else (NODULE if hits[i + 1] >= 0 else NON_NODULE) for i in range(n)]
         if with_reference:
             references = reference_nodules(case, geometry)
             nodules += [ReferenceNodule(n + 1 + k, r.centre_mm, r.diameter_mm, r.volume_mm3, r.source)
@@ -82,7 +106,7 @@ def write_candidates(case_path: Path, probabilities_path: Path, out_patches: Pat
         protocol = LabelProtocol()
         for i, (nodule, label) in enumerate(zip(nodules, labels_of)):
             patches[i], at_edge = extract_patch(case["image"], geometry, nodule.centre_mm, patch_mm, size)
-            row = table_row(case_id, patient or case_id, nodule, protocol, "", at_edge)
+            row = table_row(found.case_id, patient or found.case_id, nodule, protocol, "", at_edge)
             row["label"] = label
             rows.append(row)
     write_patches(out_patches, patches, patch_mm, size)

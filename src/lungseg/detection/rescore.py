@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.casefile import open_ingested
-from lungseg.detection.score import DEFAULT_SCORE, SCORES, classifier_scores, combine, first_stage_means, read_choice
-from lungseg.evaluation.cli import read_probabilities
-from lungseg.evaluation.detection import DEFAULT_CANDIDATE_THRESHOLD, candidate_labels
-from lungseg.geometry import Geometry, read_volume, write_volume
+from lungseg.detection.candidates import scan_candidates
+from lungseg.detection.score import DEFAULT_SCORE, SCORES, ClassifierScores, combine, first_stage_means, read_choice
+from lungseg.evaluation.detection import DEFAULT_CANDIDATE_THRESHOLD
+from lungseg.geometry import read_volume, write_volume
 from lungseg.ingest.errors import IngestError
 
 log = logging.getLogger("lungseg.detection")
@@ -35,15 +34,14 @@ def rescore(case_path: Path, mask_path: Path, probabilities_path: Path, scores_p
             out_probabilities: Path, threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
             mask_threshold: float = 0.5, score: str = DEFAULT_SCORE) -> tuple[int, int]:
     """Write the rescored mask and probability map (see the module docstring); (candidates, candidates kept)."""
-    with open_ingested(case_path) as case:
-        case_id, geometry, shape = str(case.attrs["case_id"]), Geometry.from_attrs(case.attrs), case["image"].shape
-    volume, scale = read_probabilities(probabilities_path, case_path, shape, geometry)
+    found = scan_candidates(case_path, probabilities_path, threshold, match_reference=False)
+    geometry, labels, n = found.geometry, found.labels, found.n
     mask, _ = read_volume(str(mask_path))
-    if mask.shape != shape:
-        raise IngestError(mask_path, f"is not on the grid of {case_path} (shape {mask.shape} vs {shape})",
+    if mask.shape != labels.shape:
+        raise IngestError(mask_path, f"is not on the grid of {case_path} (shape {mask.shape} vs {labels.shape})",
                           "give the mask `lungseg predict` wrote with the probability map")
-    labels, n = candidate_labels(volume, threshold, scale)
-    scores = combine(score, classifier_scores([scores_path], case_id, n), first_stage_means(volume, labels, n, scale))
+    p_nodule = ClassifierScores([scores_path]).of(found.case_id, n)
+    scores = combine(score, p_nodule, first_stage_means(found.volume, labels, n, found.scale))
     value = np.maximum(np.rint(255.0 * scores), 1.0).astype(np.uint8)
     value[0] = 0  # outside every candidate
     painted = value[labels]

@@ -31,17 +31,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lungseg.casefile import open_ingested
-from lungseg.evaluation.cli import read_probabilities
-from lungseg.evaluation.detection import (
-    DEFAULT_CANDIDATE_THRESHOLD,
-    candidate_hits,
-    candidate_labels,
-    candidate_maxima,
-    label_nodules,
-)
+from lungseg.detection.candidates import scan_candidates
+from lungseg.evaluation.detection import DEFAULT_CANDIDATE_THRESHOLD, candidate_maxima
 from lungseg.evaluation.froc import froc_summary
-from lungseg.geometry import Geometry
 from lungseg.ingest.errors import IngestError
 
 log = logging.getLogger("lungseg.detection")
@@ -53,27 +45,35 @@ DEFAULT_SCORE = SCORES[0]
 FIX = "score the candidates of this case's `lungseg candidates` table with `lungseg classify`, at the same threshold"
 
 
-def classifier_scores(scores_paths: Sequence[Path], case_id: str, n: int) -> np.ndarray:
-    """p_nodule of candidates 1..n of ``case_id`` (index 0 unused, 0.0) from ``lungseg classify`` tables (the rows of
-    this case, from whichever table holds them; a count or numbering other than 1..n is refused in one line)."""
-    rows, source = [], scores_paths[0] if scores_paths else Path("-")
-    for path in scores_paths:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            if not {"case", "nodule", "p_nodule"} <= set(reader.fieldnames or ()):
-                raise IngestError(path, "has no case / nodule / p_nodule columns (not the scores of a candidate "
-                                  "classifier)", FIX)
-            found = [r for r in reader if r["case"] == case_id]
-        if found:
-            rows, source = rows + found, path
-    numbers = sorted(int(r["nodule"]) for r in rows)
-    if numbers != list(range(1, n + 1)):
-        raise IngestError(source, f"scores {len(rows)} candidate(s) of case {case_id}, its probability map has {n}",
-                          FIX)
-    scores = np.zeros(n + 1, dtype=np.float64)
-    for r in rows:
-        scores[int(r["nodule"])] = float(r["p_nodule"])
-    return scores
+class ClassifierScores:
+    """``lungseg classify`` tables of a candidate classifier, read once: p_nodule per case and candidate."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self._rows: dict[str, list[dict[str, str]]] = {}
+        self._source: dict[str, Path] = {}
+        self._first = paths[0] if paths else Path("-")
+        for path in paths:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t")
+                if not {"case", "nodule", "p_nodule"} <= set(reader.fieldnames or ()):
+                    raise IngestError(path, "has no case / nodule / p_nodule columns (not the scores of a candidate "
+                                      "classifier)", FIX)
+                for row in reader:
+                    self._rows.setdefault(row["case"], []).append(row)
+                    self._source[row["case"]] = path
+
+    def of(self, case_id: str, n: int) -> np.ndarray:
+        """p_nodule of candidates 1..n of ``case_id`` (index 0 unused, 0.0); a count or numbering other than 1..n
+        is refused in one line naming the table."""
+        rows = self._rows.get(case_id, [])
+        numbers = sorted(int(r["nodule"]) for r in rows)
+        if numbers != list(range(1, n + 1)):
+            raise IngestError(self._source.get(case_id, self._first),
+                              f"scores {len(rows)} candidate(s) of case {case_id}, its probability map has {n}", FIX)
+        scores = np.zeros(n + 1, dtype=np.float64)
+        for r in rows:
+            scores[int(r["nodule"])] = float(r["p_nodule"])
+        return scores
 
 
 def first_stage_means(volume: np.ndarray, labels: np.ndarray, n: int, scale: float) -> np.ndarray:
@@ -106,25 +106,21 @@ def read_choice(path: Path) -> str:
     return str(chosen)
 
 
-def validation_candidates(case_path: Path, probabilities_path: Path, scores_paths: Sequence[Path],
+def validation_candidates(case_path: Path, probabilities_path: Path, scores: ClassifierScores,
                           threshold: float = DEFAULT_CANDIDATE_THRESHOLD) -> tuple[dict[str, list[list[float]]], int] | None:
     """One validation scan: ``({score name: [[score, reference nodule index or -1], ...]}, reference nodules)`` for
     :data:`FIRST_STAGE` and every name of :data:`SCORES` (the FROC's scan entries); None for a scan without a
     nodule label (nothing to measure on)."""
-    with open_ingested(case_path) as case:
-        case_id, geometry, shape = str(case.attrs["case_id"]), Geometry.from_attrs(case.attrs), case["image"].shape
-        if "labels" not in case or "nodule" not in case["labels"]:
-            log.warning("%s has no nodule label: left out of the choice", case_path)
-            return None
-        reference, n_reference = label_nodules(case["labels/nodule"][()])
-    volume, scale = read_probabilities(probabilities_path, case_path, shape, geometry)
-    labels, n = candidate_labels(volume, threshold, scale)
-    hits = candidate_hits(labels, n, reference)[1:]
-    p_nodule = classifier_scores(scores_paths, case_id, n)
+    found = scan_candidates(case_path, probabilities_path, threshold)
+    if found.hits is None:
+        log.warning("%s has no nodule label: left out of the choice", case_path)
+        return None
+    volume, labels, n, scale = found.volume, found.labels, found.n, found.scale
     means = first_stage_means(volume, labels, n, scale)
     by_score = {FIRST_STAGE: candidate_maxima(volume, labels, n, scale)}
-    by_score |= {name: combine(name, p_nodule, means)[1:] for name in SCORES}
-    return {name: [[float(s), int(h)] for s, h in zip(values, hits)] for name, values in by_score.items()}, n_reference
+    by_score |= {name: combine(name, scores.of(found.case_id, n), means)[1:] for name in SCORES}
+    hits = found.hits[1:]
+    return {name: [[float(s), int(h)] for s, h in zip(values, hits)] for name, values in by_score.items()}, found.n_reference
 
 
 def choose(scans: Sequence[tuple[dict[str, list[list[float]]], int]], samples: int = 200) -> dict:
@@ -172,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
                          f"{len(args.probabilities)} --probabilities map(s); give one map per case, in the same order")
     if not 0 < args.threshold < 1:
         raise SystemExit(f"lungseg choose-detection-score: error: --threshold must be in (0, 1), got {args.threshold}")
-    scans = [validation_candidates(c, p, args.scores, args.threshold) for c, p in zip(args.case, args.probabilities)]
+    scores = ClassifierScores(args.scores)
+    scans = [validation_candidates(c, p, scores, args.threshold) for c, p in zip(args.case, args.probabilities)]
     choice = choose([scan for scan in scans if scan is not None])
     if args.score != "auto":
         choice = {**choice, "chosen": args.score, "reason": f"set in the configuration (detection.score: {args.score})"}
